@@ -1,0 +1,134 @@
+"""The command line: ``python cli.py fit|validate|test --config configs/lstm.yaml``.
+
+Built on LightningCLI, so every ``__init__`` argument of ``LanguageModel`` and
+``SequenceDataModule`` is a config key and a flag (``--model.hidden_size 256``), with its
+docstring in ``--help``. Mistakes are printed as one line, with near matches for an
+unknown key, and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lstm_lightning.data import SequenceDataModule
+from lstm_lightning.errors import ConfigError
+from lstm_lightning.module import LanguageModel
+
+EXIT_CONFIG_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+class LSTMLightningCLI(LightningCLI):
+    """LightningCLI with our links and defaults: TensorBoard under runs/, last.ckpt."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments(
+            "data.batching",
+            "model.carry_state",
+            compute_fn=lambda batching: batching == "contiguous",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 0,
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "lstm", "default_hp_metric": False},
+                },
+            }
+        )
+        parser.add_argument(
+            "--progress_refresh_rate",
+            type=int,
+            default=20,
+            help="Redraw the progress bar every N steps (a redraw costs more "
+            "than a narrow LSTM step).",
+        )
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        if config.get("enable_progress_bar") is not False:
+            rate = self._get(self.config_init, "progress_refresh_rate")
+            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=rate)]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> LSTMLightningCLI:
+    """The CLI object; ``run=False`` parses and instantiates without running (tests)."""
+    return LSTMLightningCLI(
+        LanguageModel,
+        SequenceDataModule,
+        seed_everything_default=0,
+        args=args,
+        run=run,
+        parser_kwargs={"exit_on_error": False},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_shell = argv is None
+    argv = list(sys.argv[1:] if from_shell else argv)
+    debug = "--debug" in argv or os.environ.get("LSTM_LIGHTNING_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    if from_shell:  # LightningCLI reads sys.argv itself; hand it the flags without --debug
+        sys.argv[1:] = argv
+    try:
+        cli = build_cli(None if from_shell else argv)
+    except (ConfigError, ArgumentError, MisconfigurationException) as err:
+        if debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if cli.model.diverged_at_step is not None:
+        return EXIT_DIVERGED
+    return 0
+
+
+def one_line(err: Exception) -> str:
+    """Fold a (possibly multi-line) parser error into one line, with near matches."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = re.sub(r"\s+", " ", text)
+    return text + suggestion(text)
+
+
+def suggestion(text: str) -> str:
+    """' (did you mean ...?)' for an unknown key, from the keys the parser knows."""
+    match = re.search(
+        r"(?:unrecognized arguments|does not accept nested key|No action for "
+        r"key)\W+['\"]?(?:--)?([\w.]+)",
+        text,
+    )
+    if not match:
+        return ""
+    key = match.group(1)
+    known = known_keys()
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        close = [
+            k
+            for k in known
+            if k.rsplit(".", 1)[-1]
+            in difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in known], n=3)
+        ]
+    return f" (did you mean {', '.join(close[:3])}?)" if close else ""
+
+
+def known_keys() -> list[str]:
+    import inspect
+
+    keys = []
+    for section, cls in (("model", LanguageModel), ("data", SequenceDataModule)):
+        keys += [f"{section}.{name}" for name in inspect.signature(cls).parameters]
+    return keys

@@ -1,0 +1,417 @@
+"""Token streams and the DataModule that batches them.
+
+A source gives three contiguous 1-D token streams (train, val, test). A batch is a
+(B_local, seq_len + 1) int64 tensor of windows; the model reads [:, :-1] and predicts
+[:, 1:]. Two batchings:
+
+- ``windows``: independent windows. Each training epoch draws a random phase in
+  [0, seq_len) and shuffles the windows at that phase, so every token is seen once an
+  epoch with window edges that move. Validation uses fixed windows with stride seq_len.
+- ``contiguous``: the stream is cut into ``batch_size`` rows and batch i is chunk i of
+  every row, so the LSTM state can be carried across batches (TBPTT).
+
+A sampler yields window start offsets; the dataset gathers a whole batch with one
+fancy-index (``__getitems__``), so there is no per-window Python work. Under DDP,
+Lightning wraps the sampler and rank r takes every W-th offset: the union of the ranks'
+batch i is exactly the single-process batch i, and in ``contiguous`` mode every rank
+keeps the same rows from batch to batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lstm_lightning import synthetic
+from lstm_lightning.errors import ConfigError, check
+
+Source = Literal["synthetic", "text", "tokens"]
+Batching = Literal["windows", "contiguous"]
+
+# The synthetic corpus is made of independent stationary chains of this length; the
+# floor computation resets the HMM belief at each chain start, so it stays exact.
+SYNTHETIC_CHAIN_LEN = 4096
+
+
+@dataclass
+class Corpus:
+    """Three token streams (1-D int arrays or tensors) and what is known about them."""
+
+    train: np.ndarray | torch.Tensor
+    val: np.ndarray | torch.Tensor
+    test: np.ndarray | torch.Tensor
+    vocab_size: int
+    hmm: synthetic.HMM | None = None  # the true process, when there is one
+
+
+class TokenWindows(Dataset):
+    """Item ``s`` is ``stream[s : s + seq_len + 1]``; ``__getitems__`` gathers many at once."""
+
+    def __init__(self, stream: np.ndarray | torch.Tensor, seq_len: int):
+        self.stream = stream
+        self.offsets = np.arange(seq_len + 1)  # (T+1,)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitems__(self, starts: list[int]) -> torch.Tensor:
+        index = np.asarray(starts)[:, None] + self.offsets  # (B, T+1)
+        if isinstance(self.stream, torch.Tensor):
+            return self.stream[torch.from_numpy(index)]
+        # A memory-mapped array: only the touched pages are read.
+        return torch.from_numpy(self.stream[index].astype(np.int64))
+
+    def __getitem__(self, start: int) -> torch.Tensor:
+        return self.__getitems__([start])[0]
+
+
+def stack_batch(batch: torch.Tensor) -> torch.Tensor:
+    """Collate for ``TokenWindows``: ``__getitems__`` already returns the stacked batch."""
+    return batch
+
+
+def window_starts(n: int, seq_len: int, phase: int = 0, shifting: bool = False) -> np.ndarray:
+    """Starts ``phase + k * seq_len`` of windows of seq_len + 1 tokens in a stream of n.
+
+    With ``shifting`` the count is the one that fits for every phase in [0, seq_len), so
+    a training epoch has the same length whatever phase it draws.
+    """
+    count = (n - seq_len) // seq_len if shifting else (n - 1 - phase) // seq_len
+    return phase + seq_len * np.arange(max(count, 0))
+
+
+def row_chunk_starts(n: int, seq_len: int, rows: int) -> np.ndarray:
+    """Contiguous batching: cut ``n`` tokens into ``rows`` rows; chunk-major order.
+
+    Returns (chunks * rows,) starts: batch i is starts[i*rows:(i+1)*rows], row j's
+    chunk i starts at j * row_len + i * seq_len.
+    """
+    row_len = n // rows
+    chunks = (row_len - 1) // seq_len
+    i, j = np.meshgrid(np.arange(chunks), np.arange(rows), indexing="ij")
+    return (j * row_len + i * seq_len).reshape(-1)
+
+
+class EpochSampler(Sampler[int]):
+    """Yields window starts for one epoch; the order is a pure function of (seed, epoch).
+
+    ``starts_fn(phase)`` gives the starts at a phase. With ``shuffle`` every epoch draws a
+    phase in [0, num_phases) and a permutation (``windows`` training); otherwise the
+    starts at phase 0 come in order. ``epoch_fn`` reads the trainer's epoch, so a
+    restarted run draws the same order.
+    """
+
+    def __init__(
+        self,
+        starts_fn: Callable[[int], np.ndarray],
+        num_phases: int,
+        shuffle: bool,
+        seed: int,
+        epoch_fn: Callable[[], int] = lambda: 0,
+    ):
+        self.starts_fn = starts_fn
+        self.num_phases = num_phases
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch_fn = epoch_fn
+        self.length = len(starts_fn(0))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return self.starts_fn(0)
+        rng = np.random.default_rng([self.seed, epoch])
+        starts = self.starts_fn(int(rng.integers(self.num_phases)))
+        return starts[rng.permutation(len(starts))]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch_fn()).tolist())
+
+
+class SequenceDataModule(L.LightningDataModule):
+    """Token sequences for language modelling, from an embedded synthetic process or a file.
+
+    Args:
+        source: ``synthetic`` (embedded random HMM, no files), ``text`` (a UTF-8 file,
+            character-level) or ``tokens`` (a ``.npy`` or raw binary file of token ids).
+        path: The file for ``text`` and ``tokens``.
+        vocab_size: For ``tokens``: the vocabulary size (default: largest id + 1). Ids
+            at or above it are an error. Ignored by the other sources.
+        token_dtype: For a raw binary ``tokens`` file: the integer type of each id.
+        seq_len: Tokens per training window (the TBPTT length in ``contiguous`` mode).
+        batch_size: The global batch: under DDP each of W ranks takes batch_size / W.
+        batching: ``windows`` (independent windows, shuffled) or ``contiguous`` (rows
+            read in order, with the LSTM state carried across batches; TBPTT).
+        val_fraction: Share of the stream held out for validation (after train).
+        test_fraction: Share of the stream held out for test (at the end).
+        num_workers: DataLoader worker processes (0: load in the main process).
+        seed: Seed of the synthetic process and of the window order.
+        synthetic_tokens: Total tokens the synthetic process generates.
+        synthetic_states: Hidden states of the synthetic HMM (more: harder).
+        synthetic_vocab: Vocabulary size of the synthetic HMM.
+        synthetic_branching: Successor states per hidden state.
+        synthetic_emission_support: Tokens each hidden state can emit.
+    """
+
+    def __init__(
+        self,
+        source: Source = "synthetic",
+        path: str | None = None,
+        vocab_size: int | None = None,
+        token_dtype: Literal["uint8", "uint16", "int32", "uint32", "int64"] = "uint16",
+        seq_len: int = 64,
+        batch_size: int = 32,
+        batching: Batching = "windows",
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        num_workers: int = 0,
+        seed: int = 0,
+        synthetic_tokens: int = 1_048_576,
+        synthetic_states: int = 128,
+        synthetic_vocab: int = 64,
+        synthetic_branching: int = 2,
+        synthetic_emission_support: int = 4,
+    ):
+        super().__init__()
+        # vocab_size stays out of hparams: the model's vocab_size is the one in use.
+        self.save_hyperparameters(ignore=["vocab_size"])
+        self.requested_vocab_size = vocab_size
+        check(
+            source in ("synthetic", "text", "tokens"),
+            f"data.source: unknown source {source!r}; use synthetic, text or tokens",
+        )
+        check(seq_len >= 1, f"data.seq_len must be at least 1, got {seq_len}")
+        check(batch_size >= 1, f"data.batch_size must be at least 1, got {batch_size}")
+        check(num_workers >= 0, f"data.num_workers must be >= 0, got {num_workers}")
+        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            check(0 < frac < 1, f"data.{key} must be between 0 and 1, got {frac}")
+        check(
+            val_fraction + test_fraction < 1,
+            "data.val_fraction + data.test_fraction must be below 1, leaving a train split",
+        )
+        check(
+            source == "synthetic" or path is not None,
+            f"data.path is required for source: {source}; point it at your file",
+        )
+        self._corpus: Corpus | None = None
+        self.loss_floor: dict[str, float] = {}  # split -> exact NLL per token, synthetic only
+
+    # --- loading -------------------------------------------------------------------
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            self._corpus = load_corpus(self.hparams, self.requested_vocab_size)
+            self._check_split_lengths(self._corpus)
+        return self._corpus
+
+    @property
+    def vocab_size(self) -> int:
+        """Linked into ``model.vocab_size`` when the CLI instantiates the classes."""
+        return self.corpus.vocab_size
+
+    def _check_split_lengths(self, corpus: Corpus) -> None:
+        hp = self.hparams
+        need = hp.seq_len + 1
+        if hp.batching == "contiguous":
+            need = hp.batch_size * (hp.seq_len + 1)
+        for split in ("train", "val", "test"):
+            n = len(getattr(corpus, split))
+            check(
+                n >= need,
+                f"data: the {split} split has {n} tokens, fewer than the {need} that "
+                f"{hp.batching} batching needs (seq_len + 1 per row); use a larger file, "
+                f"a larger {split}_fraction or a smaller seq_len",
+            )
+
+    # --- batches -------------------------------------------------------------------
+
+    def _local_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        check(
+            self.hparams.batch_size % world == 0,
+            f"data.batch_size={self.hparams.batch_size} is the global batch and must "
+            f"divide among the {world} processes (devices x nodes); use a multiple of {world}",
+        )
+        return self.hparams.batch_size // world
+
+    def _sampler(self, split: str, train: bool) -> EpochSampler:
+        hp = self.hparams
+        n = len(getattr(self.corpus, split))
+        if hp.batching == "contiguous":
+            starts = row_chunk_starts(n, hp.seq_len, hp.batch_size)
+            return EpochSampler(lambda _: starts, 1, shuffle=False, seed=hp.seed)
+        trainer = self.trainer
+        return EpochSampler(
+            lambda phase: window_starts(n, hp.seq_len, phase, shifting=train),
+            num_phases=hp.seq_len,
+            shuffle=train,
+            seed=hp.seed,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+        )
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        batch = self._local_batch_size()
+        return DataLoader(
+            TokenWindows(getattr(self.corpus, split), self.hparams.seq_len),
+            batch_size=batch,
+            sampler=self._sampler(split, train),
+            collate_fn=stack_batch,
+            num_workers=self.hparams.num_workers,
+            drop_last=train or self.hparams.batching == "contiguous",
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def setup(self, stage: str) -> None:
+        hmm = self.corpus.hmm
+        if hmm is None:
+            return
+        for split in ("val", "test"):
+            self.loss_floor[split] = self.floor(split)
+
+    def floor(self, split: str) -> float:
+        """Exact mean NLL per predicted token of ``split`` under the true process, for the
+        same windows (or rows) the model is evaluated on."""
+        hp = self.hparams
+        stream = np.asarray(getattr(self.corpus, split))
+        sampler = self._sampler(split, train=False)
+        starts = sampler.order(0)
+        if hp.batching == "contiguous":
+            row_len = len(stream) // hp.batch_size
+            chunks = (row_len - 1) // hp.seq_len
+            starts = np.arange(hp.batch_size) * row_len
+            length = chunks * hp.seq_len + 1
+        else:
+            length = hp.seq_len + 1
+        index = starts[:, None] + np.arange(length)  # (N, L)
+        resets = index % SYNTHETIC_CHAIN_LEN == 0
+        return float(synthetic.nll(self.corpus.hmm, stream[index], resets=resets).mean())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+
+# --- sources -----------------------------------------------------------------------
+
+
+def split_points(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Ends of train and val in a stream of ``n`` tokens (train, then val, then test)."""
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    return n - n_val - n_test, n - n_test
+
+
+def load_corpus(hp, vocab_size: int | None = None) -> Corpus:
+    """Build the ``Corpus`` the hyperparameters describe; raise ``ConfigError`` on bad data."""
+    if hp.source == "tokens":
+        return tokens_corpus(hp, vocab_size)
+    return synthetic_corpus(hp) if hp.source == "synthetic" else text_corpus(hp)
+
+
+def synthetic_corpus(hp) -> Corpus:
+    try:
+        hmm = synthetic.make_hmm(
+            hp.synthetic_states,
+            hp.synthetic_vocab,
+            hp.synthetic_branching,
+            hp.synthetic_emission_support,
+            hp.seed,
+        )
+    except ValueError as err:
+        raise ConfigError(f"data.{err}") from None
+    train_end, val_end = split_points(hp.synthetic_tokens, hp.val_fraction, hp.test_fraction)
+    sizes = (train_end, val_end - train_end, hp.synthetic_tokens - val_end)
+    streams = []
+    for i, size in enumerate(sizes):
+        chains = -(-size // SYNTHETIC_CHAIN_LEN)  # ceil
+        tokens = synthetic.sample(hmm, chains, SYNTHETIC_CHAIN_LEN, seed=hp.seed * 3 + i + 1)
+        streams.append(torch.from_numpy(tokens.reshape(-1)[:size].copy()))
+    return Corpus(*streams, vocab_size=hmm.vocab_size, hmm=hmm)
+
+
+def read_file(path: str) -> bytes:
+    check(os.path.isfile(path), f"data.path: {path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        data = f.read()
+    check(len(data) > 0, f"data.path: {path} is empty")
+    return data
+
+
+def text_corpus(hp) -> Corpus:
+    raw = read_file(hp.path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"data.path: {hp.path} is not UTF-8 text (bad byte at offset {err.start}); "
+            "convert it (iconv -t UTF-8) or use source: tokens"
+        ) from None
+    # Code points as one array: no per-character Python loop.
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,)
+    train_end, val_end = split_points(len(codes), hp.val_fraction, hp.test_fraction)
+    chars = np.unique(codes[:train_end])  # sorted vocabulary of the train split
+    # Id 0 is the unknown symbol, for characters the train split never shows.
+    pos = np.clip(np.searchsorted(chars, codes), 0, len(chars) - 1)
+    ids = np.where(chars[pos] == codes, pos + 1, 0).astype(np.int64)
+    stream = torch.from_numpy(ids)
+    return Corpus(
+        stream[:train_end], stream[train_end:val_end], stream[val_end:], vocab_size=len(chars) + 1
+    )
+
+
+def tokens_corpus(hp, vocab_size: int | None) -> Corpus:
+    path = hp.path
+    check(os.path.isfile(path), f"data.path: {path} does not exist or is not a file")
+    check(os.path.getsize(path) > 0, f"data.path: {path} is empty")
+    if path.endswith(".npy"):
+        try:
+            ids = np.load(path, mmap_mode="r")
+        except ValueError as err:
+            raise ConfigError(f"data.path: {path} is not a readable .npy file ({err})") from None
+        check(
+            ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer),
+            f"data.path: {path} must hold a 1-D integer array, got {ids.ndim}-D {ids.dtype}",
+        )
+    else:
+        itemsize = np.dtype(hp.token_dtype).itemsize
+        check(
+            os.path.getsize(path) % itemsize == 0,
+            f"data.path: {path} is not a whole number of {hp.token_dtype} ids; "
+            "set data.token_dtype to the type it was written with",
+        )
+        ids = np.memmap(path, dtype=hp.token_dtype, mode="r")
+    low, high = id_range(ids)
+    check(low >= 0, f"data.path: {path} holds a negative token id ({low})")
+    vocab = vocab_size if vocab_size is not None else high + 1
+    check(
+        high < vocab,
+        f"data.path: {path} holds token id {high}, at or above data.vocab_size={vocab}; "
+        f"raise data.vocab_size to at least {high + 1}",
+    )
+    train_end, val_end = split_points(len(ids), hp.val_fraction, hp.test_fraction)
+    return Corpus(ids[:train_end], ids[train_end:val_end], ids[val_end:], vocab_size=int(vocab))
+
+
+def id_range(ids: np.ndarray, chunk: int = 1 << 24) -> tuple[int, int]:
+    """(min, max) of a possibly memory-mapped array, read in chunks of ``chunk`` ids."""
+    low, high = None, None
+    for i in range(0, len(ids), chunk):
+        part = np.asarray(ids[i : i + chunk])
+        low = int(part.min()) if low is None else min(low, int(part.min()))
+        high = int(part.max()) if high is None else max(high, int(part.max()))
+    return low, high

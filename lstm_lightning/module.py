@@ -1,0 +1,252 @@
+"""The LightningModule: an ``LSTMLM`` under SP or muP, its optimizer, schedule and metrics."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric, MinMetric
+from torchmetrics.text import Perplexity
+
+from lstm_lightning import parametrization as par
+from lstm_lightning.errors import check
+from lstm_lightning.model import LSTMLM, State, detach_state
+from lstm_lightning.schedule import Schedule, lr_factor
+
+
+class LanguageModel(L.LightningModule):
+    """An LSTM language model trained under the standard parametrization or muP.
+
+    Args:
+        vocab_size: Vocabulary size; the CLI links it from ``data.vocab_size``.
+        hidden_size: LSTM width H: the dimension that muP scales.
+        embedding_size: Embedding width E; None makes it equal to hidden_size, so it
+            scales with width. A number fixes it across widths.
+        num_layers: Stacked LSTM layers, one ``nn.LSTM`` each.
+        dropout: Dropout on each LSTM layer's output (also before the readout).
+        forget_bias: Initial bias of the forget gate (the other biases start at 0).
+        parametrization: ``sp`` (standard) or ``mup`` (maximal update); see
+            ``lstm_lightning.parametrization`` for the rules.
+        base_hidden_size: The width at which muP coincides with SP (width multiplier 1).
+        init_std: Init scale s: embedding N(0, s^2), matrices N(0, s^2 / fan_in).
+        embedding_mult: Constant multiplier on the embedding output.
+        output_mult: Multiplier on the readout input (divided by the width multiplier
+            under muP).
+        readout_zero_init: Start the readout weight at zero.
+        optimizer: ``sgd`` (with momentum), ``adam`` or ``adamw``.
+        learning_rate: Base learning rate (eta); muP scales it per parameter group.
+        momentum: SGD momentum.
+        weight_decay: Base weight decay (lambda); muP scales it per parameter group.
+        betas: Adam/AdamW betas.
+        eps: Adam/AdamW epsilon.
+        schedule: Learning-rate schedule after warm-up: constant, cosine or linear to 0
+            at the last step.
+        warmup_steps: Steps of linear learning-rate warm-up.
+        carry_state: Carry the LSTM state across batches (TBPTT); the CLI sets it from
+            ``data.batching``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int = 128,
+        embedding_size: int | None = None,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        forget_bias: float = 1.0,
+        parametrization: par.Parametrization = "mup",
+        base_hidden_size: int = 32,
+        init_std: float = 1.0,
+        embedding_mult: float = 1.0,
+        output_mult: float = 1.0,
+        readout_zero_init: bool = False,
+        optimizer: par.OptimizerName = "adam",
+        learning_rate: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        schedule: Schedule = "constant",
+        warmup_steps: int = 0,
+        carry_state: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        validate_hparams(self.hparams)
+        self.width_mult = par.width_mult(hidden_size, base_hidden_size)
+        self.net = self.build(hidden_size)
+        self.shapes = par.infer_shapes(self.build, hidden_size, base_hidden_size)
+        par.init_parameters(
+            self.net, parametrization, self.width_mult, init_std, forget_bias, readout_zero_init
+        )
+        self.train_loss = MeanMetric()
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_ppl, self.test_ppl = Perplexity(), Perplexity()
+        self.val_loss_best = MinMetric()
+        self._state: dict[str, State | None] = {}
+        self.diverged_at_step: int | None = None
+
+    def build(self, hidden_size: int) -> LSTMLM:
+        """The network at width ``hidden_size``, everything else as configured."""
+        hp = self.hparams
+        m = par.width_mult(hidden_size, hp.base_hidden_size)
+        output_mult = hp.output_mult / m if hp.parametrization == "mup" else hp.output_mult
+        return LSTMLM(
+            hp.vocab_size,
+            hidden_size,
+            hp.embedding_size or hidden_size,
+            hp.num_layers,
+            hp.dropout,
+            hp.embedding_mult,
+            output_mult,
+        )
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None):
+        return self.net(tokens, state)
+
+    # --- steps ---------------------------------------------------------------------
+
+    def model_step(self, batch: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One shared step: batch (B, T+1) -> (mean NLL per token, logits (B, T, V))."""
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        state = self._state.get(split) if self.hparams.carry_state else None
+        logits, state = self.net(inputs, state)
+        if self.hparams.carry_state:
+            self._state[split] = detach_state(state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return loss, logits
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        loss, _ = self.model_step(batch, "train")
+        # Every rank takes the same decision, so DDP ranks skip the step together.
+        diverged = self.trainer.strategy.reduce_boolean_decision(
+            not bool(torch.isfinite(loss)), all=False
+        )
+        if diverged:
+            self.diverge(loss)
+            return None  # no backward, no optimizer step: weights stay finite
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def diverge(self, loss: torch.Tensor) -> None:
+        self.diverged_at_step = self.global_step
+        self.trainer.should_stop = True
+        if self.trainer.is_global_zero:
+            print(
+                f"diverged: train/loss is {loss.item()} at step {self.global_step}; run "
+                "stopped (lower model.learning_rate, add warm-up or set "
+                "trainer.gradient_clip_val)",
+                file=sys.stderr,
+            )
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.eval_step(batch, "val", self.val_loss, self.val_ppl)
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.eval_step(batch, "test", self.test_loss, self.test_ppl)
+
+    def eval_step(self, batch, split: str, loss_metric, ppl_metric) -> None:
+        loss, logits = self.model_step(batch, split)
+        targets = batch[:, 1:]
+        loss_metric.update(loss, weight=targets.numel())
+        ppl_metric.update(logits, targets)
+        self.log(f"{split}/loss", loss_metric, prog_bar=split == "val")
+        self.log(f"{split}/ppl", ppl_metric)
+        floor = self.loss_floor(split)
+        if floor is not None:
+            self.log(f"{split}/loss_floor", floor)
+
+    def loss_floor(self, split: str) -> float | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, "loss_floor", {}).get(split)
+
+    # --- epochs: TBPTT state and the best validation loss ---------------------------
+
+    def on_train_epoch_start(self) -> None:
+        self._state.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._state.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._state.pop("test", None)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
+        self.log("val/loss_best", self.val_loss_best.compute())
+
+    def on_fit_end(self) -> None:
+        """Write the HPARAMS summary once, with final metrics beside the hyperparameters."""
+        if not isinstance(self.logger, TensorBoardLogger):
+            return
+        metrics = {
+            f"hp/{k.replace('/', '_')}": float(v)
+            for k, v in self.trainer.callback_metrics.items()
+            if k in ("train/loss", "val/loss", "val/loss_best", "val/loss_floor")
+        }
+        if self.diverged_at_step is not None:
+            metrics["hp/diverged_at_step"] = float(self.diverged_at_step)
+        if metrics:
+            self.logger.log_hyperparams(self.hparams_for_logging(), metrics)
+
+    def hparams_for_logging(self) -> dict[str, Any]:
+        params = dict(self.hparams)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            params.update({f"data/{k}": v for k, v in datamodule.hparams.items()})
+        params["seed"] = torch.initial_seed()
+        return params
+
+    # --- optimization --------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = par.param_groups(
+            self.net.named_parameters(),
+            self.shapes,
+            hp.optimizer,
+            hp.parametrization,
+            hp.learning_rate,
+            hp.weight_decay,
+        )
+        optimizer = par.build_optimizer(
+            groups, hp.optimizer, hp.learning_rate, hp.momentum, hp.betas, hp.eps
+        )
+        total = self.trainer.estimated_stepping_batches
+        check(
+            hp.schedule == "constant" or total != float("inf"),
+            f"model.schedule: {hp.schedule} needs a finite run; set trainer.max_steps",
+        )
+        factor = functools.partial(
+            lr_factor, schedule=hp.schedule, warmup_steps=hp.warmup_steps, total_steps=int(total)
+        )
+        scheduler = LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def validate_hparams(hp) -> None:
+    """Impossible values get one line naming the key and the fix."""
+    positive = ("hidden_size", "num_layers", "base_hidden_size", "vocab_size")
+    for key in positive:
+        check(hp[key] >= 1, f"model.{key} must be a positive integer, got {hp[key]}")
+    check(
+        hp.embedding_size is None or hp.embedding_size >= 1,
+        f"model.embedding_size must be positive or null, got {hp.embedding_size}",
+    )
+    check(0.0 <= hp.dropout < 1.0, f"model.dropout must be in [0, 1), got {hp.dropout}")
+    for key in ("learning_rate", "weight_decay", "momentum", "init_std"):
+        check(hp[key] >= 0, f"model.{key} must be >= 0, got {hp[key]}")
+    check(hp.eps > 0, f"model.eps must be > 0, got {hp.eps}")
+    check(all(0 <= b < 1 for b in hp.betas), f"model.betas must lie in [0, 1), got {hp.betas}")
+    check(hp.warmup_steps >= 0, f"model.warmup_steps must be >= 0, got {hp.warmup_steps}")
