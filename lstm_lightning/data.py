@@ -11,10 +11,9 @@ A source gives three contiguous 1-D token streams (train, val, test). A batch is
   every row, so the LSTM state can be carried across batches (TBPTT).
 
 A sampler yields window start offsets; the dataset gathers a whole batch with one
-fancy-index (``__getitems__``), so there is no per-window Python work. Under DDP,
-Lightning wraps the sampler and rank r takes every W-th offset: the union of the ranks'
-batch i is exactly the single-process batch i, and in ``contiguous`` mode every rank
-keeps the same rows from batch to batch.
+fancy-index (``__getitems__``), so there is no per-window Python work. Under DDP, rank r
+takes every W-th offset: the union of the ranks' batch i is exactly the single-process
+batch i, and in ``contiguous`` mode every rank keeps the same rows from batch to batch.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lstm_lightning import synthetic
 from lstm_lightning.errors import ConfigError, check
@@ -99,13 +98,18 @@ def row_chunk_starts(n: int, seq_len: int, rows: int) -> np.ndarray:
     return (j * row_len + i * seq_len).reshape(-1)
 
 
-class EpochSampler(Sampler[int]):
-    """Yields window starts for one epoch; the order is a pure function of (seed, epoch).
+class EpochSampler(DistributedSampler):
+    """Yields this rank's window starts for one epoch, a pure function of (seed, epoch).
 
     ``starts_fn(phase)`` gives the starts at a phase. With ``shuffle`` every epoch draws a
     phase in [0, num_phases) and a permutation (``windows`` training); otherwise the
     starts at phase 0 come in order. ``epoch_fn`` reads the trainer's epoch, so a
     restarted run draws the same order.
+
+    Rank r of W takes positions r, r+W, ... of the epoch's order, so the union of the
+    ranks' batch i is the single-process batch i, and in contiguous mode a rank keeps
+    its rows. It subclasses DistributedSampler only so that Lightning sees it is
+    already sharded and does not wrap it (Lightning's wrapper would reshuffle it).
     """
 
     def __init__(
@@ -115,18 +119,22 @@ class EpochSampler(Sampler[int]):
         shuffle: bool,
         seed: int,
         epoch_fn: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_shards: bool = True,
     ):
-        self.starts_fn = starts_fn
-        self.num_phases = num_phases
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch_fn = epoch_fn
-        self.length = len(starts_fn(0))
+        # No super().__init__: it would ask torch.distributed for the rank and world size.
+        self.starts_fn, self.num_phases, self.shuffle, self.seed = starts_fn, num_phases, shuffle, seed
+        self.epoch_fn, self.rank, self.num_replicas = epoch_fn, rank, world_size
+        total = len(starts_fn(0))
+        # Training shards must be equal (every rank steps together); eval takes all.
+        self.length = total // world_size if equal_shards else len(range(rank, total, world_size))
 
     def __len__(self) -> int:
         return self.length
 
     def order(self, epoch: int) -> np.ndarray:
+        """All ranks' starts for ``epoch``, in order."""
         if not self.shuffle:
             return self.starts_fn(0)
         rng = np.random.default_rng([self.seed, epoch])
@@ -134,7 +142,11 @@ class EpochSampler(Sampler[int]):
         return starts[rng.permutation(len(starts))]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch_fn()).tolist())
+        mine = self.order(self.epoch_fn())[self.rank :: self.num_replicas][: self.length]
+        return iter(mine.tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this; the epoch is read from the trainer instead."""
 
 
 class SequenceDataModule(L.LightningDataModule):
@@ -221,17 +233,16 @@ class SequenceDataModule(L.LightningDataModule):
 
     def _check_split_lengths(self, corpus: Corpus) -> None:
         hp = self.hparams
-        need = hp.seq_len + 1
         if hp.batching == "contiguous":
-            need = hp.batch_size * (hp.seq_len + 1)
+            need, what = hp.batch_size * (hp.seq_len + 1), "batch_size rows of seq_len + 1"
+        else:
+            need, what = hp.seq_len + 1, "one window (seq_len + 1)"
         for split in ("train", "val", "test"):
             n = len(getattr(corpus, split))
-            check(
-                n >= need,
-                f"data: the {split} split has {n} tokens, fewer than the {need} that "
-                f"{hp.batching} batching needs (seq_len + 1 per row); use a larger file, "
-                f"a larger {split}_fraction or a smaller seq_len",
-            )
+            check(n >= need,
+                  f"data: the {split} split has {n} tokens, fewer than the {need} that "
+                  f"{what} needs; use a larger file, a larger {split}_fraction or a smaller "
+                  "seq_len")
 
     # --- batches -------------------------------------------------------------------
 
@@ -247,16 +258,22 @@ class SequenceDataModule(L.LightningDataModule):
     def _sampler(self, split: str, train: bool) -> EpochSampler:
         hp = self.hparams
         n = len(getattr(self.corpus, split))
+        trainer = self.trainer
+        shard = dict(
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            equal_shards=train or hp.batching == "contiguous",
+            seed=hp.seed,
+        )
         if hp.batching == "contiguous":
             starts = row_chunk_starts(n, hp.seq_len, hp.batch_size)
-            return EpochSampler(lambda _: starts, 1, shuffle=False, seed=hp.seed)
-        trainer = self.trainer
+            return EpochSampler(lambda _: starts, 1, shuffle=False, **shard)
         return EpochSampler(
             lambda phase: window_starts(n, hp.seq_len, phase, shifting=train),
             num_phases=hp.seq_len,
             shuffle=train,
-            seed=hp.seed,
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            **shard,
         )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
