@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if from_shell:  # LightningCLI reads sys.argv itself; hand it the flags without --debug
         sys.argv[1:] = argv
     try:
+        check_config_files(argv)
         cli = build_cli(None if from_shell else argv)
     except (ConfigError, ArgumentError, MisconfigurationException) as err:
         if debug:
@@ -93,6 +95,30 @@ def main(argv: list[str] | None = None) -> int:
     if cli.model.diverged_at_step is not None:
         return EXIT_DIVERGED
     return 0
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Name the file when a ``--config`` is missing or not YAML (the parser would not)."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config: {path} does not exist")
+        try:
+            with open(path, encoding="utf-8") as f:
+                content = yaml.safe_load(f)
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config: {path} is not UTF-8 text") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or "not valid YAML"
+            raise ConfigError(f"--config: {path} is not valid YAML: {problem}{at}") from None
+        if content is not None and not isinstance(content, dict):
+            raise ConfigError(
+                f"--config: {path} must hold a mapping of keys "
+                f"(trainer:, model:, data:), got a {type(content).__name__}"
+            )
 
 
 def one_line(err: Exception) -> str:
@@ -105,7 +131,7 @@ def one_line(err: Exception) -> str:
 def suggestion(text: str) -> str:
     """' (did you mean ...?)' for an unknown key, from the keys the parser knows."""
     match = re.search(
-        r"(?:unrecognized arguments|does not accept nested key|No action for "
+        r"(?:unrecognized arguments|does not accept (?:nested key|option)|No action for "
         r"key)\W+['\"]?(?:--)?([\w.]+)",
         text,
     )

@@ -124,7 +124,12 @@ class EpochSampler(DistributedSampler):
         equal_shards: bool = True,
     ):
         # No super().__init__: it would ask torch.distributed for the rank and world size.
-        self.starts_fn, self.num_phases, self.shuffle, self.seed = starts_fn, num_phases, shuffle, seed
+        self.starts_fn, self.num_phases, self.shuffle, self.seed = (
+            starts_fn,
+            num_phases,
+            shuffle,
+            seed,
+        )
         self.epoch_fn, self.rank, self.num_replicas = epoch_fn, rank, world_size
         total = len(starts_fn(0))
         # Training shards must be equal (every rank steps together); eval takes all.
@@ -239,10 +244,12 @@ class SequenceDataModule(L.LightningDataModule):
             need, what = hp.seq_len + 1, "one window (seq_len + 1)"
         for split in ("train", "val", "test"):
             n = len(getattr(corpus, split))
-            check(n >= need,
-                  f"data: the {split} split has {n} tokens, fewer than the {need} that "
-                  f"{what} needs; use a larger file, a larger {split}_fraction or a smaller "
-                  "seq_len")
+            check(
+                n >= need,
+                f"data: the {split} split has {n} tokens, fewer than the {need} that "
+                f"{what} needs; use a larger file, a larger {split}_fraction or a smaller "
+                "seq_len",
+            )
 
     # --- batches -------------------------------------------------------------------
 

@@ -21,8 +21,9 @@ from lstm_lightning.errors import ConfigError
 
 
 def small(**kw) -> SequenceDataModule:
-    args = dict(synthetic_tokens=16384, synthetic_states=8, synthetic_vocab=8, seq_len=8,
-                batch_size=4)
+    args = dict(
+        synthetic_tokens=16384, synthetic_states=8, synthetic_vocab=8, seq_len=8, batch_size=4
+    )
     return SequenceDataModule(**{**args, **kw})
 
 
@@ -145,8 +146,9 @@ def test_synthetic_is_seeded_and_its_floor_is_exact():
 def test_text_source_builds_a_character_vocabulary(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("abcab" * 200 + "zé", encoding="utf-8")
-    dm = SequenceDataModule(source="text", path=str(path), seq_len=4, batch_size=2,
-                            val_fraction=0.1, test_fraction=0.1)
+    dm = SequenceDataModule(
+        source="text", path=str(path), seq_len=4, batch_size=2, val_fraction=0.1, test_fraction=0.1
+    )
     assert dm.vocab_size == 4  # a, b, c and the unknown symbol
     assert dm.corpus.train[:5].tolist() == [1, 2, 3, 1, 2]
     assert dm.corpus.test[-2:].tolist() == [0, 0]  # z and é never occur in train
@@ -177,14 +179,26 @@ def bad_file(tmp_path, name: str, content: bytes) -> str:
     [
         (lambda t: dict(source="text", path=str(t / "missing.txt")), "does not exist"),
         (lambda t: dict(source="text", path=bad_file(t, "e.txt", b"")), "is empty"),
-        (lambda t: dict(source="text", path=bad_file(t, "l.txt", b"ab\xff\xfe" * 50)),
-         "not UTF-8 .* offset 2"),
-        (lambda t: dict(source="text", path=bad_file(t, "s.txt", b"abc" * 20), seq_len=32),
-         "val split has 3 tokens, fewer than the 33 .* one window"),
-        (lambda t: dict(source="tokens", path=bad_file(t, "v.bin", np.arange(300, dtype=np.uint16).tobytes()),
-                        vocab_size=100), "token id 299, at or above data.vocab_size=100"),
-        (lambda t: dict(source="tokens", path=bad_file(t, "odd.bin", b"\x01\x02\x03")),
-         "not a whole number of uint16"),
+        (
+            lambda t: dict(source="text", path=bad_file(t, "l.txt", b"ab\xff\xfe" * 50)),
+            "not UTF-8 .* offset 2",
+        ),
+        (
+            lambda t: dict(source="text", path=bad_file(t, "s.txt", b"abc" * 20), seq_len=32),
+            "val split has 3 tokens, fewer than the 33 .* one window",
+        ),
+        (
+            lambda t: dict(
+                source="tokens",
+                path=bad_file(t, "v.bin", np.arange(300, dtype=np.uint16).tobytes()),
+                vocab_size=100,
+            ),
+            "token id 299, at or above data.vocab_size=100",
+        ),
+        (
+            lambda t: dict(source="tokens", path=bad_file(t, "odd.bin", b"\x01\x02\x03")),
+            "not a whole number of uint16",
+        ),
         (lambda t: dict(source="tokens", path=None), "data.path is required"),
         (lambda t: dict(source="wav"), "unknown source 'wav'"),
         (lambda t: dict(seq_len=0), "data.seq_len must be at least 1"),
@@ -194,4 +208,4 @@ def bad_file(tmp_path, name: str, content: bytes) -> str:
 )
 def test_bad_input_names_the_problem(tmp_path, make_kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        SequenceDataModule(**make_kwargs(tmp_path)).corpus
+        _ = SequenceDataModule(**make_kwargs(tmp_path)).corpus
