@@ -12,13 +12,14 @@ import difflib
 import os
 import re
 import sys
+import warnings
 
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
@@ -64,8 +65,14 @@ class LSTMLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LSTMLightningCLI:
-    """The CLI object; ``run=False`` parses and instantiates without running (tests)."""
+def build_cli(
+    args: list[str] | None = None, run: bool = True, save_config: bool = True
+) -> LSTMLightningCLI:
+    """The CLI object; ``run=False`` parses and instantiates without running (tests).
+
+    The sweep passes ``save_config=False``: it has already written the run's config.yaml,
+    atomically.
+    """
     return LSTMLightningCLI(
         LanguageModel,
         SequenceDataModule,
@@ -74,7 +81,33 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LSTMLightningC
         run=run,
         parser_kwargs={"exit_on_error": False},
         save_config_kwargs={"overwrite": True},
+        save_config_callback=SaveConfigCallback if save_config else None,
     )
+
+
+class _ParseOnly(LSTMLightningCLI):
+    """Build nothing and seed nothing: the sweep only wants the parser."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parser_only():
+    """The parser ``cli.py fit`` uses, to validate and resolve configs without running."""
+    with warnings.catch_warnings():  # args=[] beside sys.argv is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        cli = _ParseOnly(
+            LanguageModel,
+            SequenceDataModule,
+            seed_everything_default=0,
+            args=[],
+            run=False,
+            parser_kwargs={"exit_on_error": False},
+        )
+    return cli.parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     if from_shell:  # LightningCLI reads sys.argv itself; hand it the flags without --debug
         sys.argv[1:] = argv
+    command = argv[0] if argv else None
     try:
+        if command in ("sweep", "report"):
+            return run_command(command, argv[1:])
         check_config_files(argv)
         cli = build_cli(None if from_shell else argv)
     except (ConfigError, ArgumentError, MisconfigurationException) as err:
@@ -95,6 +131,31 @@ def main(argv: list[str] | None = None) -> int:
     if cli.model.diverged_at_step is not None:
         return EXIT_DIVERGED
     return 0
+
+
+def run_command(command: str, args: list[str]) -> int:
+    """``sweep`` and ``report``: flags from the typed signature and docstring of the
+    function behind each (jsonargparse), like every other key in this project. Booleans
+    are plain switches (``--dry_run``, ``--no_dry_run``)."""
+    import importlib
+    import inspect
+
+    import docstring_parser
+    from jsonargparse import ActionYesNo, ArgumentParser
+
+    function = importlib.import_module(f"lstm_lightning.{command}").main
+    params = inspect.signature(function).parameters
+    switches = [name for name, p in params.items() if p.annotation in (bool, "bool")]
+    parser = ArgumentParser(
+        prog=f"cli.py {command}", exit_on_error=False, description=function.__doc__.split("\n")[0]
+    )
+    parser.add_function_arguments(function, as_group=False, skip=set(switches))
+    docs = {p.arg_name: p.description for p in docstring_parser.parse(function.__doc__).params}
+    for name in switches:
+        parser.add_argument(
+            f"--{name}", action=ActionYesNo, default=params[name].default, help=docs.get(name)
+        )
+    return function(**parser.parse_args(args).as_dict())
 
 
 def check_config_files(argv: list[str]) -> None:

@@ -91,6 +91,8 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best = MinMetric()
         self._state: dict[str, State | None] = {}
         self.diverged_at_step: int | None = None
+        self.last_val_step: int | None = None  # global step of the latest validation
+        self._last_train_loss: torch.Tensor | None = None  # kept on device: no sync a step
 
     def build(self, hidden_size: int) -> LSTMLM:
         """The network at width ``hidden_size``, everything else as configured."""
@@ -132,6 +134,7 @@ class LanguageModel(L.LightningModule):
             self.diverge(loss)
             return None  # no backward, no optimizer step: weights stay finite
         self.log("train/loss", loss, prog_bar=True)
+        self._last_train_loss = loss.detach()
         return loss
 
     def diverge(self, loss: torch.Tensor) -> None:
@@ -177,9 +180,15 @@ class LanguageModel(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._state.pop("test", None)
 
+    @property
+    def last_train_loss(self) -> float | None:
+        """The training loss of the last step (not only of the last logged one)."""
+        return None if self._last_train_loss is None else float(self._last_train_loss)
+
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        self.last_val_step = self.global_step
         self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
         self.log("val/loss_best", self.val_loss_best.compute())
 

@@ -1,0 +1,405 @@
+"""Experiment definitions: named groups of labelled override sets, as plain data.
+
+A group is a dict with exactly two keys; each sub-experiment is one run, described by
+its overrides of a base config (the sweep runner maps flat aliases such as
+``learning_rate`` or dotted paths such as ``trainer.max_steps`` to config keys)::
+
+    {"name": "experiment_group_name",
+     "subexperiments": [{"label": "unique_label",
+                         "overrides": {"learning_rate": 1e-3, "hidden_size": 32}}]}
+
+A run's results live under ``<runs_dir>/<group name>/<label>/``, so names and labels
+are folder names: only ``[A-Za-z0-9._+-]``, not starting with ``.`` or ``-``, at most
+128 characters (``check_structure``). Labels are unique across every group selected
+together (``check_unique_labels``); two groups may share a label only for the very same
+run (identical overrides), as ``MUP_SCALING_EXPERIMENTS`` shares its runs with the
+``LSTM_*_SCALING`` groups.
+
+The groups below are sized for a laptop CPU at the runner's default budget (about 300
+steps of 32 x 64 tokens: ~2 s a run at width 16, ~5 s at width 64). To scale them up on a
+cluster, keep the groups and give the runner a base config with a larger
+``trainer.max_steps``, or build bigger groups with the utilities, e.g. three seeds of a
+sweep at larger widths:
+
+>>> wide = {"name": "WIDE", "subexperiments": [
+...     {"label": f"lstm_{w}d_adam_mup", "overrides": {"hidden_size": w}} for w in (256, 1024)]}
+>>> big = create_multi_seed_experiments(
+...     generate_lr_sweep_experiment(wide, ADAM_LR_SWEEP), seeds=(0, 1, 2))
+>>> big["name"], len(big["subexperiments"])
+('WIDE_lr_sweep', 48)
+>>> big["subexperiments"][0]
+{'label': 'lstm_256d_adam_mup_lr0.00195312_s0', 'overrides': {'hidden_size': 256, 'learning_rate': 0.001953125, 'seed': 0}}
+
+Module-level groups are shared: treat them as read-only. Every utility returns new
+dicts (deep copies) and never mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Iterable
+from numbers import Real
+from typing import Any
+
+from lstm_lightning.errors import ConfigError
+
+Group = dict[str, Any]
+
+GROUP_KEYS = ("name", "subexperiments")
+SUBEXPERIMENT_KEYS = ("label", "overrides")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,127}")
+SAFE_CHARS = "letters, digits and . _ + - (not starting with . or -, at most 128 characters)"
+
+
+# --- structure checks -----------------------------------------------------------------
+
+
+def check_structure(group: Any) -> None:
+    """Raise ``ValueError`` (a ``ConfigError``) unless ``group`` has the seed's structure.
+
+    A dict with exactly ``name`` (a safe folder name) and ``subexperiments`` (a non-empty
+    list); each sub-experiment a dict with exactly ``label`` (a safe folder name) and
+    ``overrides`` (a dict with str keys).
+
+    >>> check_structure({"name": "G", "subexperiments": [{"label": "a", "overrides": {}}]})
+    >>> check_structure({"name": "G", "subexperiments": [{"label": "a", "override": {}}]})
+    Traceback (most recent call last):
+    ...
+    lstm_lightning.errors.ConfigError: group 'G', sub-experiment 0 (label 'a'): unknown key 'override' (did you mean overrides?); a sub-experiment has exactly the keys label, overrides
+    """
+    _check_keys(group, GROUP_KEYS, "an experiment group", "experiment group")
+    name = group["name"]
+    _check_safe_name(name, "experiment group: name")
+    where = f"group {name!r}"
+    subs = group["subexperiments"]
+    if not isinstance(subs, list) or not subs:
+        raise ConfigError(
+            f"{where}: subexperiments must be a non-empty list of "
+            f"{{'label': ..., 'overrides': {{...}}}} dicts, got {subs!r:.60}"
+        )
+    for i, sub in enumerate(subs):
+        _check_subexperiment(sub, f"{where}, sub-experiment {i}")
+
+
+def _check_subexperiment(sub: Any, where: str) -> None:
+    label = sub.get("label") if isinstance(sub, dict) else None
+    if isinstance(label, str):
+        where = f"{where} (label {label!r})"
+    _check_keys(sub, SUBEXPERIMENT_KEYS, "a sub-experiment", where)
+    _check_safe_name(label, f"{where}: label")
+    overrides = sub["overrides"]
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"{where}: overrides must be a dict such as {{'learning_rate': 0.01}}, "
+            f"got {type(overrides).__name__}"
+        )
+    bad = [k for k in overrides if not isinstance(k, str) or not k]
+    if bad:
+        raise ConfigError(
+            f"{where}: override keys must be non-empty strings (an alias such as "
+            f"'learning_rate' or a path such as 'trainer.max_steps'), got {bad[0]!r}"
+        )
+
+
+def _check_keys(obj: Any, keys: tuple[str, ...], what: str, where: str) -> None:
+    """``obj`` is a dict with exactly ``keys``; the error names the first problem."""
+    allowed = ", ".join(keys)
+    if not isinstance(obj, dict):
+        raise ConfigError(
+            f"{where}: {what} must be a dict with exactly the keys {allowed}, "
+            f"got {type(obj).__name__}"
+        )
+    for key in obj:
+        if key not in keys:
+            near = difflib.get_close_matches(str(key), keys, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint}; {what} has exactly the keys {allowed}"
+            )
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ConfigError(
+            f"{where}: missing key {missing[0]!r}; {what} has exactly the keys {allowed}"
+        )
+
+
+def _check_safe_name(name: Any, where: str) -> None:
+    # Names become folders (<runs_dir>/<group>/<label>) and SLURM job names.
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"{where} {name!r} is not a safe folder name; use only {SAFE_CHARS}")
+
+
+def check_unique_labels(groups: Group | list[Group]) -> None:
+    """Raise ``ValueError`` (a ``ConfigError``) naming every label used more than once.
+
+    Labels must be unique across everything selected together, since the runner and
+    the report identify a run by its label.
+
+    >>> a = {"name": "A", "subexperiments": [{"label": "x", "overrides": {}}]}
+    >>> check_unique_labels([a, {"name": "B", "subexperiments": a["subexperiments"]}])
+    Traceback (most recent call last):
+    ...
+    lstm_lightning.errors.ConfigError: duplicate labels: 'x' (in groups A, B); labels must be unique across the selected groups: rename one, or drop one group or run (subset_experiments)
+    """
+    groups = _as_list(groups)
+    for group in groups:
+        check_structure(group)
+    seen: dict[str, list[str]] = {}
+    for group in groups:
+        for sub in group["subexperiments"]:
+            seen.setdefault(sub["label"], []).append(group["name"])
+    dups = [
+        f"{label!r} (in groups {', '.join(names)})"
+        for label, names in seen.items()
+        if len(names) > 1
+    ]
+    if dups:
+        raise ConfigError(
+            f"duplicate labels: {'; '.join(dups)}; labels must be unique across the selected "
+            "groups: rename one, or drop one group or run (subset_experiments)"
+        )
+
+
+def _as_list(groups: Group | list[Group]) -> list[Group]:
+    return [groups] if isinstance(groups, dict) else list(groups)
+
+
+# --- utilities (the seed's names) ------------------------------------------------------
+
+
+def subset_experiments(
+    experiments: Group | list[Group], wanted: str | Iterable[str]
+) -> Group | list[Group]:
+    """Keep only the sub-experiments whose label is in ``wanted``; same shape as given.
+
+    ``experiments`` is one group or a list of groups; groups left empty are dropped.
+    ``wanted`` is an iterable of labels (a single str is one label). A wanted label
+    found nowhere is an error that suggests close matches.
+
+    >>> g = {"name": "G", "subexperiments": [
+    ...     {"label": f"lstm_{w}d_sgd_mup", "overrides": {"hidden_size": w}} for w in (16, 24, 32)]}
+    >>> [s["label"] for s in subset_experiments(g, {"lstm_32d_sgd_mup", "lstm_16d_sgd_mup"})["subexperiments"]]
+    ['lstm_16d_sgd_mup', 'lstm_32d_sgd_mup']
+    >>> subset_experiments([g, {"name": "H", "subexperiments": [{"label": "x", "overrides": {}}]}], {"x"})
+    [{'name': 'H', 'subexperiments': [{'label': 'x', 'overrides': {}}]}]
+    >>> subset_experiments(g, {"lstm_61d_sgd_mup"})
+    Traceback (most recent call last):
+    ...
+    lstm_lightning.errors.ConfigError: subset_experiments: no sub-experiment labelled 'lstm_61d_sgd_mup' (did you mean lstm_16d_sgd_mup, lstm_32d_sgd_mup, lstm_24d_sgd_mup?)
+    """
+    wanted = {wanted} if isinstance(wanted, str) else set(wanted)
+    if not wanted:
+        raise ConfigError("subset_experiments: no labels wanted; pass a set of labels to keep")
+    groups = _as_list(experiments)
+    _check_wanted_exist(groups, wanted)
+    kept = [_keep(group, wanted) for group in groups]
+    kept = [group for group in kept if group["subexperiments"]]
+    return kept[0] if isinstance(experiments, dict) else kept
+
+
+def _keep(group: Group, wanted: set[str]) -> Group:
+    subs = [s for s in group["subexperiments"] if s["label"] in wanted]
+    return {"name": group["name"], "subexperiments": copy.deepcopy(subs)}
+
+
+def _check_wanted_exist(groups: list[Group], wanted: set[str]) -> None:
+    labels = [s["label"] for g in groups for s in g["subexperiments"]]
+    missing = sorted(wanted - set(labels))
+    if missing:
+        raise ConfigError("subset_experiments: " + "; ".join(_missing(m, labels) for m in missing))
+
+
+def _missing(label: str, labels: list[str]) -> str:
+    near = difflib.get_close_matches(label, labels, n=3)
+    hint = (
+        f"did you mean {', '.join(near)}?" if near else f"no close match among {len(labels)} labels"
+    )
+    return f"no sub-experiment labelled {label!r} ({hint})"
+
+
+def generate_lr_sweep_experiment(
+    base_experiment: Group, learning_rates: Iterable[float], name: str | None = None
+) -> Group:
+    """One group holding every sub-experiment of the base at every learning rate.
+
+    Labels are ``f"{label}_lr{lr:g}"`` (``:g`` keeps 6 significant digits; the exact
+    rate is in the overrides), ordered label by label so each sweep stays together.
+    ``name`` defaults to the base name + ``"_lr_sweep"``. Compare
+    ``create_multi_lr_experiments``: the same runs, one group per learning rate.
+
+    >>> base = {"name": "B", "subexperiments": [
+    ...     {"label": "lstm_16d", "overrides": {"hidden_size": 16}}]}
+    >>> generate_lr_sweep_experiment(base, [0.5, 2.0**-5])
+    {'name': 'B_lr_sweep', 'subexperiments': [{'label': 'lstm_16d_lr0.5', 'overrides': {'hidden_size': 16, 'learning_rate': 0.5}}, {'label': 'lstm_16d_lr0.03125', 'overrides': {'hidden_size': 16, 'learning_rate': 0.03125}}]}
+    """
+    check_structure(base_experiment)
+    lrs = _values(learning_rates, "learning_rates", Real)
+    subs = [
+        _variant(sub, f"_lr{lr:g}", "learning_rate", lr)
+        for sub in base_experiment["subexperiments"]
+        for lr in lrs
+    ]
+    return _group(name or f"{base_experiment['name']}_lr_sweep", subs)
+
+
+def create_multi_lr_experiments(
+    base_experiment: Group, learning_rates: Iterable[float]
+) -> list[Group]:
+    """A list of groups, one per learning rate, each named ``f"{name}_lr{lr:g}"``.
+
+    Each group holds every base sub-experiment at that rate, labelled as in
+    ``generate_lr_sweep_experiment`` (so labels stay unique across the list). Use this to
+    run or compare one learning rate at a time; ``generate_lr_sweep_experiment`` makes
+    one group holding the whole sweep.
+
+    >>> base = {"name": "B", "subexperiments": [
+    ...     {"label": f"lstm_{w}d", "overrides": {"hidden_size": w}} for w in (16, 32)]}
+    >>> [(g["name"], [s["label"] for s in g["subexperiments"]])
+    ...  for g in create_multi_lr_experiments(base, [0.5, 0.25])]
+    [('B_lr0.5', ['lstm_16d_lr0.5', 'lstm_32d_lr0.5']), ('B_lr0.25', ['lstm_16d_lr0.25', 'lstm_32d_lr0.25'])]
+    """
+    check_structure(base_experiment)
+    lrs = _values(learning_rates, "learning_rates", Real)
+    return [
+        generate_lr_sweep_experiment(
+            base_experiment, [lr], name=f"{base_experiment['name']}_lr{lr:g}"
+        )
+        for lr in lrs
+    ]
+
+
+def create_multi_seed_experiments(
+    base_experiment: Group, seeds: Iterable[int], name: str | None = None
+) -> Group:
+    """One group with every base sub-experiment at every seed, labelled ``f"{label}_s{seed}"``.
+
+    The group keeps the base's name unless ``name`` is given: the seeds are repeats of the
+    same study, so their results sit beside it (labels still differ).
+
+    >>> base = {"name": "B", "subexperiments": [
+    ...     {"label": "lstm_16d_lr0.5", "overrides": {"learning_rate": 0.5}}]}
+    >>> create_multi_seed_experiments(base, seeds=(0, 1))
+    {'name': 'B', 'subexperiments': [{'label': 'lstm_16d_lr0.5_s0', 'overrides': {'learning_rate': 0.5, 'seed': 0}}, {'label': 'lstm_16d_lr0.5_s1', 'overrides': {'learning_rate': 0.5, 'seed': 1}}]}
+    """
+    check_structure(base_experiment)
+    seeds = _values(seeds, "seeds", int)
+    subs = [
+        _variant(sub, f"_s{seed}", "seed", seed)
+        for sub in base_experiment["subexperiments"]
+        for seed in seeds
+    ]
+    return _group(name or base_experiment["name"], subs)
+
+
+def _values(values: Iterable[Any], what: str, kind: type) -> list[Any]:
+    """The values as a non-empty list of ``kind`` (bools refused: True is not a rate)."""
+    values = list(values)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, kind)]
+    if not values or bad:
+        got = f"got {bad[0]!r}" if bad else "got none"
+        raise ConfigError(f"{what} must be a non-empty sequence of {kind.__name__} values, {got}")
+    return values
+
+
+def _variant(sub: dict[str, Any], suffix: str, key: str, value: Any) -> dict[str, Any]:
+    overrides = copy.deepcopy(sub["overrides"])
+    overrides[key] = value
+    return {"label": sub["label"] + suffix, "overrides": overrides}
+
+
+def _group(name: str, subs: list[dict[str, Any]]) -> Group:
+    group = {"name": name, "subexperiments": subs}
+    check_structure(group)  # a suffix can push a label past 128 characters
+    check_unique_labels(group)  # e.g. two rates equal to 6 digits, or a repeated seed
+    return group
+
+
+# --- learning-rate sweeps --------------------------------------------------------------
+# Powers of two, so every width's sweep hits the same grid and optima compare exactly.
+# At width 128 Adam does best near 2^-6..2^-4 and SGD (momentum 0.9) near 2^-3..2^1;
+# each optimizer's sweep brackets its optimum with 2-3 rates either side, so the optimum
+# stays inside the sweep as SP's optimum drifts with width.
+
+ADAM_LR_SWEEP = tuple(2.0**k for k in range(-9, -1))  # 2^-9 .. 2^-2, 8 rates
+SGD_LR_SWEEP = tuple(2.0**k for k in range(-5, 3))  # 2^-5 .. 2^2, 8 rates
+STANDARD_LR_SWEEP = tuple(2.0**k for k in range(-9, 3))  # 2^-9 .. 2^2, 12: both above
+NARROW_LR_SWEEP = tuple(2.0**k for k in range(-7, -2))  # 2^-7 .. 2^-3, 5: Adam quick check
+
+LR_SWEEPS = {"adam": ADAM_LR_SWEEP, "sgd": SGD_LR_SWEEP}
+
+
+# --- groups ------------------------------------------------------------------------------
+
+SCALING_WIDTHS = (16, 24, 32, 48, 64)  # laptop-sized: ~2-5 s a run at 300 steps
+TRANSFER_WIDTHS = (16, 32, 64, 128)  # 8x: enough to see SP's optimum drift
+
+
+def width_group(name: str, optimizer: str, parametrization: str, widths: Iterable[int]) -> Group:
+    """One sub-experiment per width, labelled ``lstm_{width}d_{optimizer}_{parametrization}``.
+
+    >>> width_group("G", "sgd", "mup", [16])
+    {'name': 'G', 'subexperiments': [{'label': 'lstm_16d_sgd_mup', 'overrides': {'hidden_size': 16, 'optimizer': 'sgd', 'parametrization': 'mup'}}]}
+    """
+    subs = [
+        {
+            "label": f"lstm_{w}d_{optimizer}_{parametrization}",
+            "overrides": {
+                "hidden_size": w,
+                "optimizer": optimizer,
+                "parametrization": parametrization,
+            },
+        }
+        for w in widths
+    ]
+    return _group(name, subs)
+
+
+def scaling_group(name: str, optimizer: str, parametrization: str, widths: Iterable[int]) -> Group:
+    """``width_group`` swept over the optimizer's learning rates (``LR_SWEEPS``)."""
+    base = width_group(name, optimizer, parametrization, widths)
+    return generate_lr_sweep_experiment(base, LR_SWEEPS[optimizer], name=name)
+
+
+# 5 widths x 8 rates = 40 runs each; about 2-3 minutes each on a laptop CPU.
+LSTM_SGD_MUP_SCALING = scaling_group("LSTM_SGD_MUP_SCALING", "sgd", "mup", SCALING_WIDTHS)
+LSTM_SGD_SP_SCALING = scaling_group("LSTM_SGD_SP_SCALING", "sgd", "sp", SCALING_WIDTHS)
+LSTM_ADAM_MUP_SCALING = scaling_group("LSTM_ADAM_MUP_SCALING", "adam", "mup", SCALING_WIDTHS)
+LSTM_ADAM_SP_SCALING = scaling_group("LSTM_ADAM_SP_SCALING", "adam", "sp", SCALING_WIDTHS)
+
+# The transfer study: {sgd, adam} x {sp, mup} x widths 16..128 x 8 rates = 128 runs
+# (roughly 10-15 minutes on a laptop CPU at 300 steps). Under muP each optimizer's best
+# rate should stay put across widths; under SP it drifts.
+MUP_SCALING_EXPERIMENTS = _group(
+    "MUP_SCALING_EXPERIMENTS",
+    [
+        sub
+        for opt in ("sgd", "adam")
+        for par in ("sp", "mup")
+        for sub in scaling_group("T", opt, par, TRANSFER_WIDTHS)["subexperiments"]
+    ],
+)
+
+# A plain learning-rate sweep at one width (Adam, muP): 12 runs, about a minute.
+LSTM_LR_EXPERIMENTS = generate_lr_sweep_experiment(
+    width_group("LSTM_LR_EXPERIMENTS", "adam", "mup", [64]),
+    STANDARD_LR_SWEEP,
+    name="LSTM_LR_EXPERIMENTS",
+)
+
+# Every named group, so the runner can pick them by name (--experiments NAME[,NAME]).
+GROUPS: dict[str, Group] = {
+    group["name"]: group
+    for group in (
+        LSTM_SGD_MUP_SCALING,
+        LSTM_SGD_SP_SCALING,
+        LSTM_ADAM_MUP_SCALING,
+        LSTM_ADAM_SP_SCALING,
+        MUP_SCALING_EXPERIMENTS,
+        LSTM_LR_EXPERIMENTS,
+    )
+}
+
+# The default the runner uses (the seed's EXPERIMENTS; change it here or pick by name).
+EXPERIMENTS = LSTM_SGD_MUP_SCALING
