@@ -1,0 +1,453 @@
+"""The sweep report: exact CSV rows, the best-lr table, divergence, the plot, bad files, atomicity."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstm_lightning import report
+from lstm_lightning.errors import ConfigError
+from lstm_lightning.report import (
+    CSV_COLUMNS,
+    best_lr_table,
+    format_table,
+    load_results,
+    run_loss,
+    transfer_curves,
+    write_report,
+    y_limits,
+)
+
+
+def write_result(
+    root: Path,
+    group: str,
+    label: str,
+    *,
+    param: str = "mup",
+    opt: str = "sgd",
+    width: int = 16,
+    lr: float = 2.0**-4,
+    seed: int = 0,
+    status: str = "completed",
+    val_loss: float | None = 1.9,
+    diverged_at_step: int | None = None,
+    error: str | None = None,
+) -> Path:
+    """Write ``root/group/label/result.json`` exactly as docs/result_schema.md lays it out."""
+
+    def loss(delta: float) -> float | None:
+        return None if val_loss is None else val_loss + delta
+
+    result = {
+        "schema": 1,
+        "group": group,
+        "label": label,
+        "status": status,
+        "overrides": {"hidden_size": width, "optimizer": opt, "parametrization": param,
+                      "learning_rate": lr},
+        "config_hash": "3f2a",
+        "hparams": {"parametrization": param, "optimizer": opt, "hidden_size": width,
+                    "learning_rate": lr, "seed": seed, "num_layers": 1, "batch_size": 32,
+                    "seq_len": 64, "max_steps": 300, "base_hidden_size": 32},
+        "metrics": {"train/loss": loss(0.25), "val/loss": loss(0.0),
+                    "val/loss_best": loss(-0.125), "val/loss_floor": 1.6},
+        "steps": 300 if diverged_at_step is None else diverged_at_step,
+        "tokens_per_second": 350000.0,
+        "wall_seconds": 5.5,
+        "diverged_at_step": diverged_at_step,
+        "world_size": 1,
+        "error": error,
+    }  # fmt: skip
+    path = root / group / label / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result), encoding="utf-8")
+    return path
+
+
+def write_sweep(root: Path) -> None:
+    """9 runs. muP/SGD width 16: seed 0 is best at 2^-3 (1.70), seed 1 at 2^-5 (1.60);
+    width 32: one seed, best at 2^-4 (1.50). Two diverged (one with a stale low val/loss),
+    one failed, and one SP/Adam run."""
+    g = "MUP_SGD"
+    write_result(root, g, "a_w16_lr-3_s0", lr=2.0**-3, seed=0, val_loss=1.70)
+    write_result(root, g, "b_w16_lr-4_s0", lr=2.0**-4, seed=0, val_loss=1.80)
+    write_result(
+        root,
+        g,
+        "c_w16_lr-2_s0",
+        lr=2.0**-2,
+        seed=0,
+        status="diverged",
+        val_loss=None,
+        diverged_at_step=12,
+    )
+    write_result(root, g, "d_w16_lr-5_s1", lr=2.0**-5, seed=1, val_loss=1.60)
+    write_result(root, g, "e_w16_lr-3_s1", lr=2.0**-3, seed=1, val_loss=1.90)
+    write_result(
+        root,
+        g,
+        "f_w16_lr-1_s1",
+        lr=2.0**-1,
+        seed=1,
+        status="diverged",
+        val_loss=0.10,
+        diverged_at_step=3,
+    )
+    write_result(root, g, "g_w32_lr-4_s0", width=32, lr=2.0**-4, seed=0, val_loss=1.50)
+    write_result(
+        root,
+        g,
+        "h_w32_lr-3_s0",
+        width=32,
+        lr=2.0**-3,
+        seed=0,
+        status="failed",
+        val_loss=None,
+        error="RuntimeError: out of memory",
+    )
+    write_result(root, "SP_ADAM", "a_w16_lr-6_s0", param="sp", opt="adam", lr=2.0**-6, val_loss=2.0)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """The 9-run sweep and its written report (built once: plotting takes a second)."""
+    root = tmp_path_factory.mktemp("runs")
+    write_sweep(root)
+    return root, write_report(root)
+
+
+def md_rows(text: str) -> list[list[str]]:
+    """The cells of every Markdown table row in ``text``, padding stripped."""
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR; fails unless the file is a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+# --- results.csv ----------------------------------------------------------------------
+
+
+def test_csv_has_one_row_per_run_in_path_order(sweep):
+    root, out = sweep
+    with open(out["results_csv"], newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [r[:3] for r in rows[1:]] == [
+        ["MUP_SGD", "a_w16_lr-3_s0", "completed"],
+        ["MUP_SGD", "b_w16_lr-4_s0", "completed"],
+        ["MUP_SGD", "c_w16_lr-2_s0", "diverged"],
+        ["MUP_SGD", "d_w16_lr-5_s1", "completed"],
+        ["MUP_SGD", "e_w16_lr-3_s1", "completed"],
+        ["MUP_SGD", "f_w16_lr-1_s1", "diverged"],
+        ["MUP_SGD", "g_w32_lr-4_s0", "completed"],
+        ["MUP_SGD", "h_w32_lr-3_s0", "failed"],
+        ["SP_ADAM", "a_w16_lr-6_s0", "completed"],
+    ]
+    # fmt: off
+    assert rows[1] == ["MUP_SGD", "a_w16_lr-3_s0", "completed", "mup", "sgd", "16", "0.125",
+                       "0", "1", "32", "64", "300", "1.95", "1.7", "1.575", "1.6", "300",
+                       "350000.0", "5.5", "", "1"]
+    assert rows[3] == ["MUP_SGD", "c_w16_lr-2_s0", "diverged", "mup", "sgd", "16", "0.25",
+                       "0", "1", "32", "64", "300", "", "", "", "1.6", "12",
+                       "350000.0", "5.5", "12", "1"]
+    # fmt: on
+
+
+# --- the best-lr table ----------------------------------------------------------------
+
+
+def test_best_lr_per_seed_then_mean_and_population_std(sweep):
+    results, _ = load_results(sweep[0])
+    table = {(r["parametrization"], r["optimizer"], r["width"]): r for r in best_lr_table(results)}
+    assert list(table) == [("sp", "adam", 16), ("mup", "sgd", 16), ("mup", "sgd", 32)]
+    # Seeds best at 2^-3 and 2^-5: log2 mean -4; population std (ddof=0) 1, not sqrt(2).
+    w16 = table[("mup", "sgd", 16)]
+    assert w16["n_seeds"] == 2
+    assert w16["best_log2_lr_mean"] == pytest.approx(-4.0, abs=1e-12)
+    assert w16["best_log2_lr_std"] == pytest.approx(1.0, abs=1e-12)
+    assert w16["best_lr"] == pytest.approx(2.0**-4, abs=1e-12)
+    assert w16["best_loss_mean"] == pytest.approx(1.65, abs=1e-12)
+    assert w16["best_loss_std"] == pytest.approx(0.05, abs=1e-12)
+    # The failed run at 2^-3 takes no part: the one seed's best is 2^-4.
+    w32 = table[("mup", "sgd", 32)]
+    assert (w32["best_log2_lr_mean"], w32["best_log2_lr_std"], w32["n_seeds"]) == (-4.0, 0.0, 1)
+    assert set(w32) == {
+        *("parametrization", "optimizer", "width", "best_log2_lr_mean", "best_log2_lr_std"),
+        *("best_lr", "best_loss_mean", "best_loss_std", "n_seeds"),
+    }
+
+
+def test_diverged_is_never_best_even_with_a_low_stale_val_loss(sweep):
+    results, _ = load_results(sweep[0])
+    stale = next(r for r in results if r["label"] == "f_w16_lr-1_s1")
+    assert stale["metrics"]["val/loss"] == 0.10 and run_loss(stale) == math.inf
+    assert all(row["best_log2_lr_mean"] != -1.0 for row in best_lr_table(results))
+
+
+def test_a_seed_whose_every_lr_diverged_has_no_best(tmp_path):
+    write_result(tmp_path, "G", "x0", lr=0.5, status="diverged", val_loss=None)
+    write_result(tmp_path, "G", "x1", lr=0.25, status="diverged", val_loss=None)
+    (row,) = best_lr_table(load_results(tmp_path)[0])
+    assert row["n_seeds"] == 0 and math.isnan(row["best_log2_lr_mean"])
+
+
+@pytest.mark.parametrize(
+    "status, val_loss, expected",
+    [
+        ("completed", 1.5, 1.5),
+        ("completed", math.nan, math.inf),  # a NaN that slipped through counts as diverged
+        ("completed", None, None),  # never validated: no loss to rank
+        ("diverged", 1.0, math.inf),
+        ("failed", 1.0, None),
+    ],
+)
+def test_run_loss(status, val_loss, expected):
+    result = {"status": status, "metrics": {"val/loss": val_loss}}
+    assert run_loss(result) == expected
+
+
+def test_format_table_prints_counts_and_best_lr_rows(sweep):
+    results, _ = load_results(sweep[0])
+    text = format_table(results, skipped=2)
+    assert text.splitlines()[0] == (
+        "9 runs: 6 completed, 2 diverged, 1 failed. "
+        "Skipped 2 unreadable result.json (see the warnings)."
+    )
+    assert md_rows(text)[1:] == [
+        ["sp", "adam", "16", "0.0156", "-6.00 ± 0.00", "2.0000 ± 0.0000", "1"],
+        ["mup", "sgd", "16", "0.0625", "-4.00 ± 1.00", "1.6500 ± 0.0500", "2"],
+        ["mup", "sgd", "32", "0.0625", "-4.00 ± 0.00", "1.5000 ± 0.0000", "1"],
+    ]
+    assert sweep[1]["table"] == format_table(results)
+
+
+# --- report.md ------------------------------------------------------------------------
+
+
+def test_report_md_has_group_tables_problems_and_best_lr_tables(sweep):
+    text = sweep[1]["report_md"].read_text(encoding="utf-8")
+    rows = md_rows(text)
+    groups, best = text.split("## Best learning rate per width", 1)
+    assert groups.index("### MUP_SGD") < groups.index("### SP_ADAM")
+    assert "9 runs: 6 completed, 2 diverged, 1 failed." in groups  # the whole sweep
+    assert "8 runs: 5 completed, 2 diverged, 1 failed." in groups  # the group MUP_SGD
+    assert ["a_w16_lr-3_s0", "completed", "16", "2^-3", "0", "1.7000", "1.5750", "1.6000",
+            "300", "350,000", "5.5"] in rows  # fmt: skip
+    assert ["c_w16_lr-2_s0", "diverged", "16", "2^-2", "0", "—", "—", "1.6000", "12",
+            "350,000", "5.5"] in rows  # fmt: skip
+    # Runs sorted by width, then lr, then seed: numerically, not by label.
+    labels = [row[0] for row in md_rows(groups) if row[0].endswith(("_s0", "_s1"))]
+    assert labels[:8] == [
+        *("d_w16_lr-5_s1", "b_w16_lr-4_s0", "a_w16_lr-3_s0", "e_w16_lr-3_s1"),
+        *("c_w16_lr-2_s0", "f_w16_lr-1_s1", "g_w32_lr-4_s0", "h_w32_lr-3_s0"),
+    ]
+    assert "- diverged: `c_w16_lr-2_s0` at step 12" in text
+    assert "- failed: `h_w32_lr-3_s0`: RuntimeError: out of memory" in text
+    assert "### SP, Adam" in best and "### muP, SGD" in best
+    assert best.index("### SP, Adam") < best.index("### muP, SGD")
+    assert ["16", "0.0625", "-4.00 ± 1.00", "1.6500 ± 0.0500", "2"] in md_rows(best)
+
+
+# --- transfer.png ---------------------------------------------------------------------
+
+
+def test_transfer_curves_keep_diverged_runs(sweep):
+    curves = transfer_curves(load_results(sweep[0])[0])
+    assert list(curves) == [("sp", "adam"), ("mup", "sgd")]
+    w16, w32 = curves[("mup", "sgd")]
+    assert w16["width"] == 16 and w32["width"] == 32
+    np.testing.assert_array_equal(w16["log2_lr"], [-5, -4, -3, -2, -1])  # (L,)
+    np.testing.assert_array_equal(w16["diverged"], [False, False, False, True, True])
+    np.testing.assert_array_equal(w16["n_seeds"], [1, 1, 2, 1, 1])
+    np.testing.assert_allclose(w16["mean"], [1.6, 1.8, 1.8, np.inf, np.inf])
+    assert (w16["lo"][2], w16["hi"][2]) == pytest.approx((1.7, 1.9))  # the two seeds at 2^-3
+    np.testing.assert_array_equal(w32["log2_lr"], [-4])  # the failed run is not a point
+
+
+def test_transfer_png_has_one_panel_per_pair(sweep):
+    out = sweep[1]
+    meta = out["panels"]
+    assert [(m["parametrization"], m["optimizer"]) for m in meta] == [
+        ("sp", "adam"),
+        ("mup", "sgd"),
+    ]
+    assert meta[1]["widths"] == [16, 32] and meta[1]["diverged"] == 2
+    # A 2 x 2 grid (sp, mup) x (sgd, adam), two cells left out; 5 in per panel + legend.
+    w, h = report.PANEL_SIZE
+    assert png_size(out["transfer_png"]) == (round((2 * w + 1) * 120), round(2 * h * 120))
+
+
+def test_one_pair_gives_one_panel(tmp_path):
+    for e in (-3, -2):
+        write_result(tmp_path, "G", f"lr{e}", opt="adam", lr=2.0**e, val_loss=2.0 + e / 10)
+    out = write_report(tmp_path)
+    assert [(m["parametrization"], m["optimizer"]) for m in out["panels"]] == [("mup", "adam")]
+    w, h = report.PANEL_SIZE
+    assert png_size(out["transfer_png"]) == (round((w + 1) * 120), round(h * 120))
+
+
+def test_y_limits_clip_an_outlier_only():
+    bulk = np.array([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8])
+    curve = lambda mean: {"mean": mean, "lo": mean}  # noqa: E731
+    assert y_limits([curve(np.append(bulk, 40.0))]) == (1.0, 1.8)
+    assert y_limits([curve(np.append(bulk, 2.0))]) == (1.0, 2.0)
+    assert y_limits([curve(np.array([np.inf]))]) == (0.0, 1.0)  # only divergences
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "not valid UTF-8 JSON"),
+        ("[1, 2]", "expected a JSON object, got a list"),
+        ('{"schema": 2}', "schema is 2; this report reads schema 1"),
+        ({"status": "running"}, "status 'running' is not one of completed, diverged, failed"),
+        ({"hparams": {"seed": 0}}, "hparams lacks parametrization, optimizer, hidden_size"),
+        ({"hparams.learning_rate": "0.1"}, "hparams.learning_rate '0.1' is not a positive"),
+        ({"hparams.learning_rate": 0}, "hparams.learning_rate 0 is not a positive"),
+        ({"metrics.val/loss": "low"}, "metrics.val/loss 'low' is neither a number nor null"),
+    ],
+)
+def test_malformed_result_is_skipped_with_a_warning_naming_it(tmp_path, content, problem):
+    write_result(tmp_path, "G", "good")
+    bad = write_result(tmp_path, "G", "bad")
+    if isinstance(content, dict):  # a change to a valid result.json
+        result = json.loads(bad.read_text())
+        for key, value in content.items():
+            section, _, field = key.partition(".")
+            if field:
+                result[section][field] = value
+            else:
+                result[key] = value
+        content = json.dumps(result)
+    bad.write_text(content, encoding="utf-8")
+    results, warnings = load_results(tmp_path)
+    assert [r["label"] for r in results] == ["good"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"skipped {bad}: ")
+    assert problem in warnings[0]
+
+
+def test_report_lists_skipped_files(tmp_path):
+    write_result(tmp_path, "G", "good")
+    bad = tmp_path / "G" / "bad" / "result.json"
+    bad.parent.mkdir()
+    bad.write_text("", encoding="utf-8")
+    out = write_report(tmp_path)
+    assert out["warnings"] == [
+        f"skipped {bad}: not valid UTF-8 JSON (Expecting value: line 1 column 1 (char 0))"
+    ]
+    assert f"- {out['warnings'][0]}" in out["report_md"].read_text(encoding="utf-8")
+    assert "Skipped 1 unreadable result.json" in out["table"]
+
+
+@pytest.mark.parametrize("make", [True, False])
+def test_empty_or_missing_runs_dir_is_a_clear_error(tmp_path, make):
+    runs = tmp_path / "runs"
+    if make:
+        runs.mkdir()
+    expected = (
+        f"no result.json found below {runs}; run `python cli.py sweep --runs_dir {runs}` first"
+    )
+    with pytest.raises(ValueError) as info:
+        write_report(runs)
+    assert str(info.value) == expected and isinstance(info.value, ConfigError)
+
+
+def test_only_malformed_files_is_an_error(tmp_path):
+    path = tmp_path / "G" / "x" / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("[]", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"no readable result.json below .*: all 1 were skipped"):
+        write_report(tmp_path)
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+def test_outputs_go_to_out_dir_with_no_temp_files(sweep, tmp_path):
+    root = sweep[0]
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == [
+        "report.md", "results.csv", "transfer.png"
+    ]  # fmt: skip
+    runs = tmp_path / "runs"
+    write_result(runs, "G", "x")
+    write_report(runs, out_dir=tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["report.md", "results.csv", "transfer.png"]
+    assert sorted(os.listdir(runs)) == ["G"]
+
+
+def test_a_failed_replace_leaves_the_previous_report_intact(tmp_path, monkeypatch):
+    write_result(tmp_path, "G", "x")
+    (tmp_path / "report.md").write_text("previous report", encoding="utf-8")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "report.md":
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(tmp_path)
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == "previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["G", "report.md", "results.csv"]
+
+
+def test_a_failed_plot_leaves_the_previous_png_and_no_temp_file(tmp_path, monkeypatch):
+    write_result(tmp_path, "G", "x")
+    (tmp_path / "transfer.png").write_bytes(b"previous")
+
+    def plot(results, out):
+        out.write(b"half a png")
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report, "plot_transfer", plot)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_report(tmp_path)
+    assert (tmp_path / "transfer.png").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "G", "report.md", "results.csv", "transfer.png"
+    ]  # fmt: skip
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def test_main_prints_the_table_and_warnings(tmp_path, capsys):
+    write_sweep(tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "result.json").write_text("{", encoding="utf-8")
+    assert report.main(runs_dir=str(tmp_path), out_dir=str(tmp_path / "r")) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("9 runs: 6 completed, 2 diverged, 1 failed. Skipped 1")
+    assert ["mup", "sgd", "16", "0.0625", "-4.00 ± 1.00", "1.6500 ± 0.0500", "2"] in md_rows(
+        printed.out
+    )
+    assert printed.err.startswith(f"warning: skipped {tmp_path / 'broken' / 'result.json'}: ")
+    assert (tmp_path / "r" / "transfer.png").is_file()
+
+
+def test_cli_report_on_an_empty_dir_is_one_line(tmp_path, capsys):
+    # `cli.py report` builds its flags from report.main's signature and docstring.
+    from lstm_lightning.cli import EXIT_CONFIG_ERROR, main  # imports Lightning: seconds
+
+    assert main(["report", "--runs_dir", str(tmp_path)]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == (
+        f"error: no result.json found below {tmp_path}; "
+        f"run `python cli.py sweep --runs_dir {tmp_path}` first\n"
+    )
