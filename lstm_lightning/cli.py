@@ -25,6 +25,9 @@ from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.module import LanguageModel
 
+# Lightning 2.6 warns on every fit about its own use of torch's pytree API.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
 

@@ -21,10 +21,12 @@ import difflib
 import hashlib
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,7 +383,9 @@ def execute(run: Run) -> dict:
         )
         args += ["--ckpt_path", str(run.dir / CHECKPOINT)]
     start = time.perf_counter()
-    cli = build_cli(args, save_config=False)
+    with warnings.catch_warnings():  # args beside sys.argv is intended here
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter")
+        cli = build_cli(args, save_config=False)
     trainer, model = cli.trainer, cli.model
     if model.diverged_at_step is None and model.last_val_step != trainer.global_step:
         trainer.validate(model, datamodule=cli.datamodule, verbose=False)  # score the end
@@ -537,6 +541,9 @@ def sweep(runs: list[Run], job: int) -> list[dict]:
             f"{len(refused)} completed run(s) changed config ({names}): {refused[0].note}"
         )
     todo = [r for r in mine if r.action in ("run", "resume")]
+    # Lightning's per-run banners (GPU available, seed set, ...) would bury the progress.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     print(
         f"[sweep] shard {job}: {len(mine)} runs, {len(mine) - len(todo)} already done, "
         f"{len(todo)} to run",
