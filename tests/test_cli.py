@@ -62,6 +62,7 @@ def test_fit_writes_config_checkpoint_and_hparams_then_validates(tiny, tmp_path)
     for tag in ("train/loss", "val/loss", "val/ppl", "val/loss_floor", "hp/val_loss"):
         assert tag in metrics, tag
     assert metrics["hp/val_loss"][-1] == pytest.approx(metrics["val/loss"][-1])
+    assert len(metrics["train/loss"]) == 3  # every log_every_n_steps=2 of 6 steps
     ckpt = str(run / "checkpoints" / "last.ckpt")
     assert main(["validate", *tiny(), "--ckpt_path", ckpt]) == 0
     assert main(["test", *tiny(), "--ckpt_path", ckpt]) == 0

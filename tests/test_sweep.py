@@ -304,6 +304,11 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(project, ca
     assert fine["status"] == "completed"
     err = capsys.readouterr().err
     assert "1 completed, 1 diverged, 1 failed" in err
+    # The report reads the real results: a row per run, statuses as recorded.
+    assert main(["report", "--runs_dir", str(project.runs)]) == 0
+    rows = (project.runs / "results.csv").read_text().splitlines()
+    assert len(rows) == 4 and sum(",failed," in r or ",diverged," in r for r in rows) == 2
+    assert (project.runs / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     # A restart leaves them alone; --retry_failed runs them again.
     assert main(project.args()) == 0
     assert main(project.args("--retry_failed", "--labels", "nan")) == 0
