@@ -365,7 +365,7 @@ RUNS = {
     "LSTM_ADAM_MUP_SCALING": 40,
     "LSTM_ADAM_SP_SCALING": 40,
     "MUP_SCALING_EXPERIMENTS": 128,
-    "LSTM_LR_EXPERIMENTS": 12,
+    "LSTM_LR_EXPERIMENTS": 14,
 }
 
 
@@ -376,26 +376,26 @@ def test_group_sizes():
 def test_default_group_exact():
     subs = EXPERIMENTS["subexperiments"]
     assert labels(EXPERIMENTS)[:8] == [
-        "lstm_16d_sgd_mup_lr0.03125",
-        "lstm_16d_sgd_mup_lr0.0625",
         "lstm_16d_sgd_mup_lr0.125",
         "lstm_16d_sgd_mup_lr0.25",
         "lstm_16d_sgd_mup_lr0.5",
         "lstm_16d_sgd_mup_lr1",
         "lstm_16d_sgd_mup_lr2",
         "lstm_16d_sgd_mup_lr4",
+        "lstm_16d_sgd_mup_lr8",
+        "lstm_16d_sgd_mup_lr16",
     ]
     assert labels(EXPERIMENTS)[8::8] == [
-        "lstm_24d_sgd_mup_lr0.03125",
-        "lstm_32d_sgd_mup_lr0.03125",
-        "lstm_48d_sgd_mup_lr0.03125",
-        "lstm_64d_sgd_mup_lr0.03125",
+        "lstm_24d_sgd_mup_lr0.125",
+        "lstm_32d_sgd_mup_lr0.125",
+        "lstm_48d_sgd_mup_lr0.125",
+        "lstm_64d_sgd_mup_lr0.125",
     ]
     assert subs[1]["overrides"] == {
         "hidden_size": 16,
         "optimizer": "sgd",
         "parametrization": "mup",
-        "learning_rate": 0.0625,
+        "learning_rate": 0.25,
     }
 
 
@@ -446,7 +446,7 @@ def test_sweeps_are_ascending_powers_of_two(name):
 def test_sweep_ranges():
     log2 = lambda s: (int(math.log2(s[0])), int(math.log2(s[-1])), len(s))  # noqa: E731
     assert log2(ex.ADAM_LR_SWEEP) == (-9, -2, 8)  # brackets Adam's 2^-6..2^-4
-    assert log2(ex.SGD_LR_SWEEP) == (-5, 2, 8)  # brackets SGD's 2^-3..2^1
+    assert log2(ex.SGD_LR_SWEEP) == (-3, 4, 8)  # brackets SGD-muP's measured 2^2..2^3
     assert log2(ex.NARROW_LR_SWEEP) == (-7, -3, 5)
     assert set(ex.STANDARD_LR_SWEEP) == set(ex.ADAM_LR_SWEEP) | set(ex.SGD_LR_SWEEP)
 
