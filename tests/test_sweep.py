@@ -353,3 +353,21 @@ def test_sigkill_mid_run_then_restart_loses_nothing(project):
     assert resumed["resumed_from_step"] and resumed["resumed_from_step"] > 0
     assert project.result("g", "r3")["status"] == "completed"
     assert not list(project.runs.rglob("*.tmp"))  # no half-written file anywhere
+
+
+@pytest.mark.slow
+def test_the_default_sweep_and_its_report(tmp_path):
+    # What a new user runs first: python cli.py sweep, then python cli.py report.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "cli.py", "sweep", "--runs_dir", str(runs)], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[sweep] ran 40: 40 completed, 0 diverged, 0 failed" in done.stderr
+    report = subprocess.run([sys.executable, "cli.py", "report", "--runs_dir", str(runs)],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "40 runs: 40 completed" in report.stdout
+    for width in (16, 24, 32, 48, 64):
+        assert f"| mup             | sgd       | {width} " in report.stdout
+    assert (runs / "transfer.png").stat().st_size > 10_000
