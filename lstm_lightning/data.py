@@ -103,8 +103,9 @@ class EpochSampler(DistributedSampler):
 
     ``starts_fn(phase)`` gives the starts at a phase. With ``shuffle`` every epoch draws a
     phase in [0, num_phases) and a permutation (``windows`` training); otherwise the
-    starts at phase 0 come in order. ``epoch_fn`` reads the trainer's epoch, so a
-    restarted run draws the same order.
+    starts at phase 0 come in order. ``position_fn`` gives (epoch, items already taken
+    this epoch) from the trainer's progress, so a resumed run draws the same order and
+    continues where it stopped.
 
     Rank r of W takes positions r, r+W, ... of the epoch's order, so the union of the
     ranks' batch i is the single-process batch i, and in contiguous mode a rank keeps
@@ -118,7 +119,7 @@ class EpochSampler(DistributedSampler):
         num_phases: int,
         shuffle: bool,
         seed: int,
-        epoch_fn: Callable[[], int] = lambda: 0,
+        position_fn: Callable[[], tuple[int, int]] = lambda: (0, 0),
         rank: int = 0,
         world_size: int = 1,
         equal_shards: bool = True,
@@ -130,7 +131,7 @@ class EpochSampler(DistributedSampler):
             shuffle,
             seed,
         )
-        self.epoch_fn, self.rank, self.num_replicas = epoch_fn, rank, world_size
+        self.position_fn, self.rank, self.num_replicas = position_fn, rank, world_size
         total = len(starts_fn(0))
         # Training shards must be equal (every rank steps together); eval takes all.
         self.length = total // world_size if equal_shards else len(range(rank, total, world_size))
@@ -147,8 +148,11 @@ class EpochSampler(DistributedSampler):
         return starts[rng.permutation(len(starts))]
 
     def __iter__(self) -> Iterator[int]:
-        mine = self.order(self.epoch_fn())[self.rank :: self.num_replicas][: self.length]
-        return iter(mine.tolist())
+        epoch, skip = self.position_fn()
+        mine = self.order(epoch)[self.rank :: self.num_replicas][: self.length]
+        # A run resumed mid-epoch continues where it stopped instead of replaying the
+        # epoch's first batches: skip is the number of items this rank already took.
+        return iter(mine[skip:].tolist())
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this; the epoch is read from the trainer instead."""
@@ -267,6 +271,7 @@ class SequenceDataModule(L.LightningDataModule):
         n = len(getattr(self.corpus, split))
         trainer = self.trainer
         shard = dict(
+            position_fn=self._position_fn(train),
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
             equal_shards=train or hp.batching == "contiguous",
@@ -279,9 +284,27 @@ class SequenceDataModule(L.LightningDataModule):
             lambda phase: window_starts(n, hp.seq_len, phase, shifting=train),
             num_phases=hp.seq_len,
             shuffle=train,
-            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
             **shard,
         )
+
+    def _position_fn(self, train: bool) -> Callable[[], tuple[int, int]]:
+        """(epoch, items this rank already took in it), from the training batches Lightning
+        counts as completed: exact after a resume from any checkpoint, where the trainer's
+        epoch counter is not (a fit stopped by max_steps records its epoch as done)."""
+        trainer = self.trainer
+        if not train or trainer is None or not hasattr(trainer, "fit_loop"):
+            return lambda: (0, 0)
+        local = self.hparams.batch_size // trainer.world_size
+
+        def position() -> tuple[int, int]:
+            done = trainer.fit_loop.epoch_loop.batch_progress.total.completed
+            per_epoch = trainer.num_training_batches
+            if not per_epoch or per_epoch == float("inf"):
+                return trainer.current_epoch, 0
+            epoch, batches = divmod(done, int(per_epoch))
+            return epoch, batches * local
+
+        return position
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         batch = self._local_batch_size()
@@ -293,6 +316,9 @@ class SequenceDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             drop_last=train or self.hparams.batching == "contiguous",
             persistent_workers=self.hparams.num_workers > 0,
+            # Its own generator: a DataLoader otherwise draws its workers' base seed from
+            # the global RNG at every epoch, which a resumed run would draw out of step.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def setup(self, stage: str) -> None:

@@ -175,7 +175,11 @@ class LanguageModel(L.LightningModule):
     # --- epochs: TBPTT state and the best validation loss ---------------------------
 
     def on_train_epoch_start(self) -> None:
-        self._state.pop("train", None)
+        # A new epoch starts from a zero state, unless this is the epoch a checkpoint
+        # resumed in the middle of: then the carried state continues.
+        if not getattr(self, "_resumed_state", False):
+            self._state.pop("train", None)
+        self._resumed_state = False
 
     def on_validation_epoch_start(self) -> None:
         self._state.pop("val", None)
@@ -194,6 +198,24 @@ class LanguageModel(L.LightningModule):
         self.last_val_step = self.global_step
         self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
         self.log("val/loss_best", self.val_loss_best.compute())
+
+    # --- checkpoints: what an exact resume needs beyond weights and optimizer ---------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tbptt_state"] = self._state.get("train")
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("tbptt_state") is not None:
+            self._state["train"] = checkpoint["tbptt_state"]
+            self._resumed_state = True
+        rng = checkpoint.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def on_fit_end(self) -> None:
         """Write the HPARAMS summary once, with final metrics beside the hyperparameters."""
