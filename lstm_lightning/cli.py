@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] = argv
     command = argv[0] if argv else None
     try:
-        if command in ("sweep", "report"):
+        if command in ("sweep", "report", "slurm"):
             return run_command(command, argv[1:])
         check_config_files(argv)
         cli = build_cli(None if from_shell else argv)

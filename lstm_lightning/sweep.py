@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import yaml
 from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.utilities import rank_zero_only
 
 from lstm_lightning import experiments as definitions
 from lstm_lightning.data import SequenceDataModule
@@ -221,14 +222,14 @@ def resolve_key(key: str, where: str) -> str:
     )
 
 
-def resolve(run: Run, parser, base: dict, runs_dir: Path) -> None:
+def resolve(run: Run, parser, base: dict, runs_dir: Path, extra: dict | None = None) -> None:
     """Fill ``run.config``, ``run.text`` and ``run.cost``; raise ConfigError naming the
     group, the label and the key on any problem."""
     import copy
 
     where = f"{run.group}/{run.label}"
     tree = copy.deepcopy(base)
-    for key, value in run.overrides.items():
+    for key, value in {**run.overrides, **(extra or {})}.items():
         set_path(tree, resolve_key(key, where), value)
     run.dir = runs_dir / run.group / run.label
     # Each run logs into its own folder with a fixed version: no collisions.
@@ -246,6 +247,8 @@ def resolve(run: Run, parser, base: dict, runs_dir: Path) -> None:
         },
     )
     set_path(tree, "checkpoint.dirpath", str(run.dir))
+    # Lightning's SIGUSR1 handler saves hpc_ckpt_N.ckpt here before requeueing.
+    set_path(tree, "trainer.default_root_dir", str(run.dir))
     try:
         run.config = parser.parse_object(tree)
     except Exception as err:  # jsonargparse's ArgumentError or a type error
@@ -327,6 +330,24 @@ RESULT = "result.json"
 CHECKPOINT = "last.ckpt"
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """What a killed or requeued run left: ``last.ckpt`` (periodic) and Lightning's
+    ``hpc_ckpt_N.ckpt`` (written on SIGUSR1 before a SLURM requeue)."""
+    return [p for p in [run_dir / CHECKPOINT, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
+    """The checkpoint furthest into training, and its global step."""
+    steps = [
+        (torch.load(p, map_location="cpu", weights_only=False).get("global_step", 0), p)
+        for p in checkpoints(run_dir)
+    ]
+    if not steps:
+        return None
+    step, path = max(steps, key=lambda sp: (sp[0], sp[1].name))
+    return path, step
+
+
 def plan(run: Run, force: bool, retry_failed: bool) -> None:
     """Decide ``run.action`` from what its folder already holds."""
     result = read_json(run.dir / RESULT)
@@ -334,7 +355,7 @@ def plan(run: Run, force: bool, retry_failed: bool) -> None:
     written = run.dir / "config.yaml"
     partial_changed = (
         result is None
-        and (run.dir / CHECKPOINT).exists()
+        and checkpoints(run.dir)
         and written.exists()
         and written.read_text(encoding="utf-8") != run.text
     )
@@ -347,8 +368,8 @@ def plan(run: Run, force: bool, retry_failed: bool) -> None:
             "changed run a new label"
         )
     elif result is None:
-        resume = (run.dir / CHECKPOINT).exists()
-        run.action, run.note = ("resume", "from last.ckpt") if resume else ("run", "")
+        resume = bool(checkpoints(run.dir))
+        run.action, run.note = ("resume", "from its checkpoint") if resume else ("run", "")
     elif result["status"] == "completed":
         run.action, run.note = "skip", "completed"
     elif retry_failed:
@@ -361,27 +382,36 @@ def clear(run_dir: Path) -> None:
     """Remove a previous attempt's outputs, so a rerun does not mix with them."""
     for name in (RESULT, CHECKPOINT, "traceback.txt", "hparams.yaml"):
         (run_dir / name).unlink(missing_ok=True)
-    for events in run_dir.glob("events.out.tfevents.*"):
-        events.unlink()
+    for stale in [*run_dir.glob("events.out.tfevents.*"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+        stale.unlink()
 
 
 # --- execution ---------------------------------------------------------------------------
 
 
+def is_writer() -> bool:
+    """Global rank 0 (Lightning's reading of RANK / SLURM_PROCID) writes; others only train."""
+    return rank_zero_only.rank == 0
+
+
 def execute(run: Run) -> dict:
-    """Train one run in this process as ``cli.py fit --config <run>/config.yaml`` would."""
+    """Train one run in this process as ``cli.py fit --config <run>/config.yaml`` would.
+
+    Every rank parses the same resolved text (not the file, which rank 0 may still be
+    writing); a resumed run starts from its newest checkpoint.
+    """
     from lstm_lightning.cli import build_cli
 
-    if run.action == "run":
-        clear(run.dir)
-    write_atomic(run.dir / "config.yaml", run.text)
-    args = ["fit", "--config", str(run.dir / "config.yaml")]
+    if is_writer():
+        if run.action == "run":
+            clear(run.dir)
+        write_atomic(run.dir / "config.yaml", run.text)
+    args = ["fit", "--config", run.text]
     resumed_from = None
-    if run.action == "resume":
-        resumed_from = torch.load(run.dir / CHECKPOINT, map_location="cpu", weights_only=False).get(
-            "global_step"
-        )
-        args += ["--ckpt_path", str(run.dir / CHECKPOINT)]
+    newest = newest_checkpoint(run.dir) if run.action == "resume" else None
+    if newest is not None:
+        path, resumed_from = newest
+        args += ["--ckpt_path", str(path)]
     start = time.perf_counter()
     with warnings.catch_warnings():  # args beside sys.argv is intended here
         warnings.filterwarnings("ignore", "LightningCLI's args parameter")
@@ -434,7 +464,11 @@ def identity(run: Run) -> dict:
 
 
 def failure_record(run: Run, err: BaseException, wall: float) -> dict:
-    write_atomic(run.dir / "traceback.txt", traceback.format_exc())
+    rank = rank_zero_only.rank
+    write_atomic(
+        run.dir / ("traceback.txt" if rank == 0 else f"traceback.rank{rank}.txt"),
+        traceback.format_exc(),
+    )
     summary = f"{type(err).__name__}: {err}".splitlines()[0]
     return {
         **identity(run),
@@ -483,7 +517,8 @@ def run_one(run: Run) -> dict:
             raise
         except Exception as err:  # noqa: BLE001 - a run's failure must not stop the sweep
             result = failure_record(run, err, time.perf_counter() - start)
-    write_json_atomic(run.dir / RESULT, result)
+    if is_writer():
+        write_json_atomic(run.dir / RESULT, result)
     return result
 
 
@@ -502,6 +537,27 @@ def format_seconds(seconds: float) -> str:
 # --- the command -------------------------------------------------------------------------
 
 
+def placement(devices: int | None, num_nodes: int | None) -> dict:
+    """Trainer keys every run gets from ``--devices``/``--num_nodes``: DDP when the product
+    is above 1, with SLURMEnvironment deciding ranks (so the sweep must run under srun)."""
+    extra = {}
+    if devices is not None:
+        extra["trainer.devices"] = devices
+    if num_nodes is not None:
+        extra["trainer.num_nodes"] = num_nodes
+    if (devices or 1) * (num_nodes or 1) > 1:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        if not SLURMEnvironment.detect():
+            raise ConfigError(
+                "--devices x --num_nodes > 1 needs one process per device, started by "
+                "srun: submit with python cli.py slurm (or run under srun); for one DDP "
+                "run on this machine use python cli.py fit --trainer.devices N"
+            )
+        extra["trainer.strategy"] = "ddp"
+    return extra
+
+
 def prepare(
     experiments: str | None = None,
     labels: str | None = None,
@@ -512,6 +568,8 @@ def prepare(
     total_jobs: int | None = None,
     force: bool = False,
     retry_failed: bool = False,
+    devices: int | None = None,
+    num_nodes: int | None = None,
 ) -> tuple[list[Run], int, int]:
     """Select, expand, validate and shard every run; decide each one's action. Writes
     nothing; raises ConfigError on the first problem."""
@@ -523,8 +581,9 @@ def prepare(
     parser, base = config_parser(base_config)
     job, total = choose_shard(job_id, total_jobs)
     runs = [Run(g["name"], s["label"], s["overrides"]) for g in groups for s in g["subexperiments"]]
+    extra = placement(devices, num_nodes)
     for run in runs:
-        resolve(run, parser, base, Path(runs_dir))
+        resolve(run, parser, base, Path(runs_dir), extra)
     for run, shard in zip(runs, assign_shards([r.cost for r in runs], total)):
         run.shard = shard
         plan(run, force, retry_failed)
@@ -597,6 +656,8 @@ def main(
     dry_run: bool = False,
     force: bool = False,
     retry_failed: bool = False,
+    devices: int | None = None,
+    num_nodes: int | None = None,
 ) -> int:
     """Run experiment groups as a sweep: one folder, one config and one result per run.
 
@@ -612,9 +673,22 @@ def main(
         dry_run: Print every run (shard, action, group/label, overrides) and exit.
         force: Rerun completed runs whose config changed (otherwise refused).
         retry_failed: Rerun failed and diverged runs (otherwise skipped).
+        devices: Devices (processes) per node for every run; DDP when devices x
+            num_nodes > 1, which needs srun (cli.py slurm writes the script).
+        num_nodes: Nodes for every run.
     """
     runs, job, total = prepare(
-        experiments, labels, definitions, config, runs_dir, job_id, total_jobs, force, retry_failed
+        experiments,
+        labels,
+        definitions,
+        config,
+        runs_dir,
+        job_id,
+        total_jobs,
+        force,
+        retry_failed,
+        devices,
+        num_nodes,
     )
     if dry_run:
         print(dry_run_table(runs, job, total))
