@@ -166,7 +166,7 @@ class LanguageModel(L.LightningModule):
         self.log(f"{split}/ppl", ppl_metric)
         floor = self.loss_floor(split)
         if floor is not None:
-            self.log(f"{split}/loss_floor", floor)
+            self.log(f"{split}/loss_floor", floor, sync_dist=True)
 
     def loss_floor(self, split: str) -> float | None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -197,7 +197,7 @@ class LanguageModel(L.LightningModule):
             return
         self.last_val_step = self.global_step
         self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
-        self.log("val/loss_best", self.val_loss_best.compute())
+        self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
 
     # --- checkpoints: what an exact resume needs beyond weights and optimizer ---------
 

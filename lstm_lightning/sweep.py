@@ -310,10 +310,12 @@ def shard_from_env(env: dict[str, str]) -> tuple[int, int] | None:
 
 
 def choose_shard(job_id: int | None, total_jobs: int | None, env=os.environ) -> tuple[int, int]:
-    if job_id is None and total_jobs is None:
-        job_id, total_jobs = shard_from_env(env) or (0, 1)
-    job_id = 0 if job_id is None else job_id
-    total_jobs = 1 if total_jobs is None else total_jobs
+    """The flags where given; each missing one from the SLURM array, else shard 0 of 1."""
+    array = shard_from_env(env)
+    if job_id is None:
+        job_id = array[0] if array else 0
+    if total_jobs is None:
+        total_jobs = array[1] if array else 1
     if total_jobs < 1:
         raise ConfigError(f"--total_jobs must be at least 1, got {total_jobs}")
     if not 0 <= job_id < total_jobs:

@@ -228,6 +228,7 @@ def test_flags_win_over_slurm_and_more_shards_than_runs_is_fine(project):
     env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
     assert sweep.choose_shard(None, None, env) == (1, 2)
     assert sweep.choose_shard(0, 5, env) == (0, 5)
+    assert sweep.choose_shard(None, 2, env) == (1, 2)  # --total_jobs alone: task from SLURM
     runs, job, total = sweep.prepare(
         definitions_path=str(project.definitions),
         config=str(project.config),
@@ -360,12 +361,22 @@ def test_the_default_sweep_and_its_report(tmp_path):
     # What a new user runs first: python cli.py sweep, then python cli.py report.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "cli.py", "sweep", "--runs_dir", str(runs)], cwd=ROOT,
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "cli.py", "sweep", "--runs_dir", str(runs)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[sweep] ran 40: 40 completed, 0 diverged, 0 failed" in done.stderr
-    report = subprocess.run([sys.executable, "cli.py", "report", "--runs_dir", str(runs)],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, "cli.py", "report", "--runs_dir", str(runs)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "40 runs: 40 completed" in report.stdout
     for width in (16, 24, 32, 48, 64):
