@@ -16,6 +16,7 @@ import warnings
 
 import yaml
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -24,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.module import LanguageModel
+from lstm_lightning.requeue import RequeueOnSignal
 
 # Lightning 2.6 warns on every fit about its own use of torch's pytree API.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -65,6 +67,11 @@ class LSTMLightningCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False:
             rate = self._get(self.config_init, "progress_refresh_rate")
             callbacks = [*callbacks, TQDMProgressBar(refresh_rate=rate)]
+        if SLURMEnvironment.detect() and not config.get("plugins"):
+            # Our callback checkpoints between steps on SIGUSR1 (see requeue.py), in place
+            # of Lightning's handler, which checkpoints in the middle of one.
+            config["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+            callbacks = [*callbacks, RequeueOnSignal()]
         return super()._instantiate_trainer(config, callbacks)
 
 

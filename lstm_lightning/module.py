@@ -136,7 +136,8 @@ class LanguageModel(L.LightningModule):
         # self.log costs about 1 ms a call, more than a width-16 step's arithmetic: call
         # it only on the steps whose metrics the logger writes (log_every_n_steps).
         if self.trainer._logger_connector.should_update_logs:
-            self.log("train/loss", loss, prog_bar=True)
+            # sync_dist: under DDP the logged loss is the global batch's, not rank 0's half.
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self._last_train_loss = loss.detach()
         return loss
 
@@ -186,6 +187,12 @@ class LanguageModel(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._state.pop("test", None)
+
+    def on_train_end(self) -> None:
+        if self._last_train_loss is not None:  # every rank calls this: a collective is safe
+            self._last_train_loss = self.trainer.strategy.reduce(
+                self._last_train_loss, reduce_op="mean"
+            )
 
     @property
     def last_train_loss(self) -> float | None:

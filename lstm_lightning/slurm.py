@@ -24,12 +24,12 @@ The pitfalls the script is built around:
 - **SIGUSR1 is the requeue signal.** ``--signal=SIGUSR1@90`` makes SLURM send it 90 s
   before the time limit, to the job's srun steps (not to the batch shell: verified on the
   local cluster, ``tests/test_slurm_cluster.py``), which is a second reason for srun.
-  Lightning then saves a checkpoint and runs ``scontrol requeue``; ``--requeue`` allows
-  it, and the requeued task's sweep skips finished runs and resumes the interrupted one.
+  The run then saves a checkpoint between two steps and runs ``scontrol requeue``
+  (``requeue.py``); ``--requeue`` allows it, and the requeued task's sweep skips finished
+  runs and resumes the interrupted one.
 - **No shard flags on the sweep line.** The sweep reads its shard and the shard count
-  from ``SLURM_ARRAY_TASK_ID``/``_COUNT``/``_MIN``. Passing ``--total_jobs`` alone would
-  make the sweep take shard 0 in every task (``sweep.choose_shard`` reads the environment
-  only when neither ``--job_id`` nor ``--total_jobs`` is given).
+  from ``SLURM_ARRAY_TASK_ID``/``_COUNT``/``_MIN``, so one script serves any array
+  size ``sbatch --array`` is given.
 - **MASTER_PORT** is derived by Lightning from the last 4 digits of ``SLURM_JOB_ID``, and
   each array task has its own job id, so two tasks sharing a node do not collide; the
   script parses no SLURM variable itself.
@@ -237,6 +237,8 @@ def sbatch_rows(o: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("qos", "qos", o["qos"]),
         # stderr joins stdout in it; '%' in a directory name must be '%%' to SLURM.
         ("runs_dir", "output", log_path(o)),
+        # A requeued task appends to its log instead of overwriting the first attempt's.
+        ("", "open-mode", "append"),
         ("", "signal", "SIGUSR1@90"),
         ("", "requeue", ""),
     ]
@@ -279,8 +281,8 @@ EXPLANATION = """\
 # Task k of the array runs shard k of the sweep, read from SLURM_ARRAY_TASK_ID/_COUNT/_MIN.
 # srun starts --ntasks-per-node processes on each node: the DDP ranks, which Lightning
 # requires to equal trainer.devices (--devices) and --nodes trainer.num_nodes.
-# SIGUSR1 reaches srun steps (not this shell) 90 s before the time limit: Lightning then
-# saves a checkpoint and requeues the task, whose sweep resumes the run.
+# SIGUSR1 reaches srun steps (not this shell) 90 s before the time limit: the run then
+# saves a checkpoint between two steps and requeues the task, whose sweep resumes it.
 # MASTER_PORT: Lightning derives it from the last 4 digits of SLURM_JOB_ID, and each
 # array task has its own job id, so tasks sharing a node do not collide."""
 

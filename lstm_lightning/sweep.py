@@ -41,6 +41,7 @@ from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import read_json, write_atomic, write_json_atomic
 from lstm_lightning.module import LanguageModel, validate_hparams
+from lstm_lightning.requeue import requeued
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
 
@@ -419,6 +420,14 @@ def execute(run: Run) -> dict:
         warnings.filterwarnings("ignore", "LightningCLI's args parameter")
         cli = build_cli(args, save_config=False)
     trainer, model = cli.trainer, cli.model
+    if requeued():
+        return None  # SLURM requeues this job; it resumes the run from hpc_ckpt_N.ckpt
+    # The run is done: its hpc checkpoints are spent, and Lightning would load one
+    # instead of the final weights in the validate below (it picks them up under SLURM).
+    if is_writer():
+        for stale in run.dir.glob("hpc_ckpt_*.ckpt"):
+            stale.unlink()
+    trainer.strategy.barrier()
     if model.diverged_at_step is None and model.last_val_step != trainer.global_step:
         trainer.validate(model, datamodule=cli.datamodule, verbose=False)  # score the end
     wall = time.perf_counter() - start
@@ -509,8 +518,9 @@ class GlobalState:
         return False
 
 
-def run_one(run: Run) -> dict:
-    """Execute a run, isolating failures: any exception becomes a ``failed`` result."""
+def run_one(run: Run) -> dict | None:
+    """Execute a run, isolating failures: any exception becomes a ``failed`` result.
+    None when the run stopped for a SLURM requeue: no result is recorded."""
     start = time.perf_counter()
     with GlobalState():
         try:
@@ -519,6 +529,8 @@ def run_one(run: Run) -> dict:
             raise
         except Exception as err:  # noqa: BLE001 - a run's failure must not stop the sweep
             result = failure_record(run, err, time.perf_counter() - start)
+    if result is None:
+        return None
     if is_writer():
         write_json_atomic(run.dir / RESULT, result)
     return result
@@ -616,7 +628,15 @@ def sweep(runs: list[Run], job: int) -> list[dict]:
         print(
             progress(k, todo, done_cost, time.perf_counter() - start), file=sys.stderr, flush=True
         )
-        results.append(run_one(run))
+        result = run_one(run)
+        if result is None:
+            print(
+                f"[sweep] requeued during {run.name}: stopping; the requeued job resumes it",
+                file=sys.stderr,
+                flush=True,
+            )
+            break
+        results.append(result)
         done_cost += run.cost
     return results
 

@@ -26,8 +26,8 @@ COMMENT = """\
 # Task k of the array runs shard k of the sweep, read from SLURM_ARRAY_TASK_ID/_COUNT/_MIN.
 # srun starts --ntasks-per-node processes on each node: the DDP ranks, which Lightning
 # requires to equal trainer.devices (--devices) and --nodes trainer.num_nodes.
-# SIGUSR1 reaches srun steps (not this shell) 90 s before the time limit: Lightning then
-# saves a checkpoint and requeues the task, whose sweep resumes the run.
+# SIGUSR1 reaches srun steps (not this shell) 90 s before the time limit: the run then
+# saves a checkpoint between two steps and requeues the task, whose sweep resumes it.
 # MASTER_PORT: Lightning derives it from the last 4 digits of SLURM_JOB_ID, and each
 # array task has its own job id, so tasks sharing a node do not collide."""
 
@@ -43,6 +43,7 @@ CPU_SCRIPT = f"""\
 #SBATCH --cpus-per-task=1
 #SBATCH --time=04:00:00
 #SBATCH --output=/scratch/runs/slurm/%x_%A_%a.out
+#SBATCH --open-mode=append
 #SBATCH --signal=SIGUSR1@90
 #SBATCH --requeue
 {COMMENT}
@@ -86,6 +87,7 @@ GPU_SCRIPT = f"""\
 #SBATCH --account=proj1
 #SBATCH --qos=high
 #SBATCH --output=/scratch/runs/slurm/%x_%A_%a.out
+#SBATCH --open-mode=append
 #SBATCH --signal=SIGUSR1@90
 #SBATCH --requeue
 {COMMENT}
