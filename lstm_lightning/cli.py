@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.module import LanguageModel
-from lstm_lightning.requeue import RequeueOnSignal
+from lstm_lightning.requeue import Requeued, RequeueOnSignal
 
 # Lightning 2.6 warns on every fit about its own use of torch's pytree API.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(command, argv[1:])
         check_config_files(argv)
         cli = build_cli(None if from_shell else argv)
+    except Requeued:
+        return 0  # checkpointed and requeued: the requeued job resumes with --ckpt_path
     except (ConfigError, ArgumentError, MisconfigurationException) as err:
         if debug:
             raise

@@ -7,8 +7,9 @@ validates one step early and logs its curves one step off. Here the signal only 
 flag. At the end of the current batch, when the counters agree (the point where
 ``ModelCheckpoint`` saves too), every rank agrees to stop, the run saves
 ``hpc_ckpt_N.ckpt`` into its ``default_root_dir``, rank 0 runs ``scontrol requeue``, and
-training stops. ``requeued()`` then tells the sweep not to record a result: the
-requeued job resumes the run from that checkpoint.
+every rank raises ``Requeued``: the sweep records no result and exits, and the requeued
+job resumes the run from that checkpoint. (Stopping with ``trainer.should_stop`` instead
+would make Lightning log the last ``train/loss`` again at the stop step.)
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ import subprocess
 
 from lightning.pytorch.callbacks import Callback
 
-_REQUEUED = False
 
-
-def requeued() -> bool:
-    """Whether this process asked SLURM to requeue its job (then it should just exit)."""
-    return _REQUEUED
+class Requeued(Exception):
+    """This process checkpointed its run and asked SLURM to requeue its job: exit."""
 
 
 def slurm_job_id() -> str:
@@ -51,11 +49,14 @@ class RequeueOnSignal(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         signal.signal(signal.SIGUSR1, self._previous)
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if hasattr(self, "_previous"):  # Requeued (or a failure) skips on_train_end
+            signal.signal(signal.SIGUSR1, self._previous)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Ranks may see the signal a batch apart: stop when any rank has seen it.
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             return
-        global _REQUEUED
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
         if trainer.is_global_zero:
@@ -64,5 +65,4 @@ class RequeueOnSignal(Callback):
             if done.returncode != 0:
                 raise RuntimeError(f"scontrol requeue {job} failed: {done.stderr.strip()}")
             print(f"[requeue] saved {path}; requeued SLURM job {job}", flush=True)
-        _REQUEUED = True
-        trainer.should_stop = True
+        raise Requeued(path)

@@ -41,7 +41,7 @@ from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import read_json, write_atomic, write_json_atomic
 from lstm_lightning.module import LanguageModel, validate_hparams
-from lstm_lightning.requeue import requeued
+from lstm_lightning.requeue import Requeued
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
 
@@ -418,10 +418,11 @@ def execute(run: Run) -> dict:
     start = time.perf_counter()
     with warnings.catch_warnings():  # args beside sys.argv is intended here
         warnings.filterwarnings("ignore", "LightningCLI's args parameter")
-        cli = build_cli(args, save_config=False)
+        try:
+            cli = build_cli(args, save_config=False)
+        except Requeued:
+            return None  # SLURM requeues this job; it resumes the run from hpc_ckpt_N.ckpt
     trainer, model = cli.trainer, cli.model
-    if requeued():
-        return None  # SLURM requeues this job; it resumes the run from hpc_ckpt_N.ckpt
     # The run is done: its hpc checkpoints are spent, and Lightning would load one
     # instead of the final weights in the validate below (it picks them up under SLURM).
     if is_writer():
