@@ -341,8 +341,9 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     """The checkpoint furthest into training, and its global step."""
+    # mmap: read the step without loading every tensor of a large model.
     steps = [
-        (torch.load(p, map_location="cpu", weights_only=False).get("global_step", 0), p)
+        (torch.load(p, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0), p)
         for p in checkpoints(run_dir)
     ]
     if not steps:
@@ -397,8 +398,9 @@ def is_writer() -> bool:
     return rank_zero_only.rank == 0
 
 
-def execute(run: Run) -> dict:
-    """Train one run in this process as ``cli.py fit --config <run>/config.yaml`` would.
+def execute(run: Run) -> dict | None:
+    """Train one run in this process as ``cli.py fit --config <run>/config.yaml`` would;
+    None when it stopped for a SLURM requeue.
 
     Every rank parses the same resolved text (not the file, which rank 0 may still be
     writing); a resumed run starts from its newest checkpoint.
