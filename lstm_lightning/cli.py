@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:] = argv
     command = argv[0] if argv else None
     try:
-        if command in ("sweep", "report", "slurm"):
+        if command in ("sweep", "report", "slurm", "coord-check"):
             return run_command(command, argv[1:])
         check_config_files(argv)
         cli = build_cli(None if from_shell else argv)
@@ -155,7 +155,7 @@ def run_command(command: str, args: list[str]) -> int:
     import docstring_parser
     from jsonargparse import ActionYesNo, ArgumentParser
 
-    function = importlib.import_module(f"lstm_lightning.{command}").main
+    function = importlib.import_module(f"lstm_lightning.{command.replace('-', '_')}").main
     params = inspect.signature(function).parameters
     switches = [name for name, p in params.items() if p.annotation in (bool, "bool")]
     parser = ArgumentParser(
