@@ -165,9 +165,6 @@ class LanguageModel(L.LightningModule):
         ppl_metric.update(logits, targets)
         self.log(f"{split}/loss", loss_metric, prog_bar=split == "val")
         self.log(f"{split}/ppl", ppl_metric)
-        floor = self.loss_floor(split)
-        if floor is not None:
-            self.log(f"{split}/loss_floor", floor, sync_dist=True)
 
     def loss_floor(self, split: str) -> float | None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -199,7 +196,17 @@ class LanguageModel(L.LightningModule):
         """The training loss of the last step (not only of the last logged one)."""
         return None if self._last_train_loss is None else float(self._last_train_loss)
 
+    def log_floor(self, split: str) -> None:
+        """The data's exact loss floor beside the loss: a constant, logged once an epoch."""
+        floor = self.loss_floor(split)
+        if floor is not None:
+            self.log(f"{split}/loss_floor", floor, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_floor("test")
+
     def on_validation_epoch_end(self) -> None:
+        self.log_floor("val")
         if self.trainer.sanity_checking:
             return
         self.last_val_step = self.global_step

@@ -10,6 +10,7 @@ Without a usable cluster the tests skip, except under CI=true, where they fail (
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -25,8 +26,10 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lstm_lightning.sweep import set_path
 from tests import test_slurm_cluster as cluster
 from tests.test_slurm_cluster import _queued, _run, _wait_until
+from tests.test_sweep import TINY_BASE
 
 # The module-scoped fixture that starts the cluster (skips without one, fails under CI).
 slurm_env = cluster.slurm_env
@@ -40,30 +43,24 @@ RUN_TIMEOUT_S = 120
 # Start-up (~10 s), the signal, the requeue delay (cred_expire=10 + KillWait), the rest.
 REQUEUE_TIMEOUT_S = 240
 
-BASE = {
-    "seed_everything": 0,
-    "trainer": {
-        "max_steps": 30,
-        "val_check_interval": 30,
-        "check_val_every_n_epoch": None,
-        "limit_val_batches": 4,
-        "num_sanity_val_steps": 0,
-        "log_every_n_steps": 5,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "devices": 1,
-    },
-    "checkpoint": {"every_n_train_steps": 10},
-    "model": {"hidden_size": 16, "base_hidden_size": 16, "learning_rate": 0.01},
-    "data": {
-        "synthetic_tokens": 16384,
-        "synthetic_states": 8,
-        "synthetic_vocab": 8,
-        "seq_len": 8,
-        "batch_size": 8,
-    },
-}
+
+def _derived_base() -> dict:
+    """test_sweep's tiny base, with runs long enough to signal and a batch DDP can split."""
+    base = copy.deepcopy(TINY_BASE)
+    changes = {
+        "trainer.max_steps": 30,
+        "trainer.val_check_interval": 30,
+        "trainer.limit_val_batches": 4,
+        "trainer.log_every_n_steps": 5,
+        "checkpoint.every_n_train_steps": 10,
+        "data.batch_size": 8,
+    }
+    for path, value in changes.items():
+        set_path(base, path, value)
+    return base
+
+
+BASE = _derived_base()
 
 
 def group(name: str, runs: dict[str, dict]) -> dict:

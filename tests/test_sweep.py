@@ -46,6 +46,14 @@ TINY_BASE = {
 }
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python cli.py ARGS`` in a fresh interpreter, one thread, output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
 def group(name: str, *runs: tuple[str, dict]) -> dict:
     return {"name": name, "subexperiments": [{"label": lb, "overrides": o} for lb, o in runs]}
 
@@ -342,12 +350,7 @@ def test_sigkill_mid_run_then_restart_loses_nothing(project):
     assert (project.runs / "g" / "r1" / "result.json").exists()
     assert not (r2 / "result.json").exists()  # killed in flight
     first = (project.runs / "g" / "r1" / "result.json").stat().st_mtime_ns
-    assert (
-        subprocess.run(
-            [sys.executable, "cli.py", *project.args()], cwd=ROOT, env=env, capture_output=True
-        ).returncode
-        == 0
-    )
+    assert run_cli(*project.args()).returncode == 0
     assert (project.runs / "g" / "r1" / "result.json").stat().st_mtime_ns == first
     resumed = project.result("g", "r2")
     assert resumed["status"] == "completed" and resumed["steps"] == 200
@@ -359,24 +362,11 @@ def test_sigkill_mid_run_then_restart_loses_nothing(project):
 @pytest.mark.slow
 def test_the_default_sweep_and_its_report(tmp_path):
     # What a new user runs first: python cli.py sweep, then python cli.py report.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = tmp_path / "runs"
-    done = subprocess.run(
-        [sys.executable, "cli.py", "sweep", "--runs_dir", str(runs)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = run_cli("sweep", "--runs_dir", str(runs))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[sweep] ran 40: 40 completed, 0 diverged, 0 failed" in done.stderr
-    report = subprocess.run(
-        [sys.executable, "cli.py", "report", "--runs_dir", str(runs)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    report = run_cli("report", "--runs_dir", str(runs))
     assert report.returncode == 0, report.stderr[-2000:]
     assert "40 runs: 40 completed" in report.stdout
     for width in (16, 24, 32, 48, 64):
