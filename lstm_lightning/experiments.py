@@ -369,17 +369,21 @@ LSTM_SGD_SP_SCALING = scaling_group("LSTM_SGD_SP_SCALING", "sgd", "sp", SCALING_
 LSTM_ADAM_MUP_SCALING = scaling_group("LSTM_ADAM_MUP_SCALING", "adam", "mup", SCALING_WIDTHS)
 LSTM_ADAM_SP_SCALING = scaling_group("LSTM_ADAM_SP_SCALING", "adam", "sp", SCALING_WIDTHS)
 
-# The transfer study: {sgd, adam} x {sp, mup} x widths 16..128 x 8 rates = 128 runs
-# (roughly 10-15 minutes on a laptop CPU at 300 steps). Under muP each optimizer's best
-# rate should stay put across widths; under SP it drifts.
-MUP_SCALING_EXPERIMENTS = _group(
-    "MUP_SCALING_EXPERIMENTS",
-    [
-        sub
-        for opt in ("sgd", "adam")
-        for par in ("sp", "mup")
-        for sub in scaling_group("T", opt, par, TRANSFER_WIDTHS)["subexperiments"]
-    ],
+# The transfer study (docs/results.md): {sgd, adam} x {sp, mup} x widths 16..128 x 8
+# rates x 3 seeds = 384 runs. Under muP each optimizer's best rate should stay put
+# across widths; under SP it drifts. Seeds vary the init (seed_everything) on one task.
+TRANSFER_SEEDS = (0, 1, 2)
+MUP_SCALING_EXPERIMENTS = create_multi_seed_experiments(
+    _group(
+        "MUP_SCALING_EXPERIMENTS",
+        [
+            sub
+            for opt in ("sgd", "adam")
+            for par in ("sp", "mup")
+            for sub in scaling_group("T", opt, par, TRANSFER_WIDTHS)["subexperiments"]
+        ],
+    ),
+    TRANSFER_SEEDS,
 )
 
 # A plain learning-rate sweep at one width (Adam, muP): 12 runs, about a minute.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import doctest
 import math
+from collections import Counter
 
 import pytest
 
@@ -364,7 +365,7 @@ RUNS = {
     "LSTM_SGD_SP_SCALING": 40,
     "LSTM_ADAM_MUP_SCALING": 40,
     "LSTM_ADAM_SP_SCALING": 40,
-    "MUP_SCALING_EXPERIMENTS": 128,
+    "MUP_SCALING_EXPERIMENTS": 384,
     "LSTM_LR_EXPERIMENTS": 14,
 }
 
@@ -400,7 +401,14 @@ def test_default_group_exact():
 
 
 def test_transfer_study_covers_the_grid():
-    """MUP_SCALING_EXPERIMENTS: 2 optimizers x 2 parametrizations x 4 widths x 8 rates."""
+    """MUP_SCALING_EXPERIMENTS: 2 optimizers x 2 parametrizations x 4 widths x 8 rates,
+    each at 3 seeds."""
+    runs = [s["overrides"] for s in ex.MUP_SCALING_EXPERIMENTS["subexperiments"]]
+    cells = Counter(
+        (o["optimizer"], o["parametrization"], o["hidden_size"], o["learning_rate"]) for o in runs
+    )
+    assert set(cells.values()) == {3}
+    assert {o["seed"] for o in runs} == {0, 1, 2}
     grid = {
         (o["optimizer"], o["parametrization"], o["hidden_size"], o["learning_rate"])
         for o in (s["overrides"] for s in ex.MUP_SCALING_EXPERIMENTS["subexperiments"])
