@@ -1,4 +1,5 @@
-"""The sweep report: exact CSV rows, the best-lr table, divergence, the plot, bad files, atomicity."""
+"""The sweep report: exact CSV rows, the best-lr table, lr transfer, divergence, the plot,
+bad files, atomicity."""
 
 from __future__ import annotations
 
@@ -11,16 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from lstm_lightning import report
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.report import (
     CSV_COLUMNS,
     best_lr_table,
+    fitted_best_lr_table,
+    fitted_optimum,
     format_table,
     load_results,
+    lr_drift,
+    parabola_vertex,
     run_loss,
     transfer_curves,
+    transfer_json,
+    transfer_metrics,
+    wider_is_better,
     write_report,
     y_limits,
 )
@@ -307,6 +317,310 @@ def test_y_limits_clip_an_outlier_only():
     assert y_limits([curve(np.array([np.inf]))]) == (0.0, 1.0)  # only divergences
 
 
+# --- learning-rate transfer -----------------------------------------------------------
+
+GRID = np.arange(-7.0, 1.0)  # (8,) log2 lrs 2^-7 .. 2^0, as the sweeps use
+SEEDED = settings(max_examples=60, deadline=None, derandomize=True, database=None)
+
+
+def write_curves(root: Path, loss, *, param="mup", opt="adam", widths=(16, 64, 256), seeds=(0,)):
+    """A run per width, seed and lr of ``GRID`` with val/loss = loss(width, seed, log2 lr);
+    a loss of +inf is written as a diverged run."""
+    for width in widths:
+        for seed in seeds:
+            for x in GRID:
+                value = loss(width, seed, x)
+                diverged = math.isinf(value)
+                write_result(
+                    root, f"{param}_{opt}", f"w{width}_s{seed}_lr{x:g}", param=param, opt=opt,
+                    width=width, lr=2.0**x, seed=seed, val_loss=None if diverged else value,
+                    status="diverged" if diverged else "completed",
+                )  # fmt: skip
+
+
+def quadratic(optima: dict[int, float], base: dict[int, float] | None = None):
+    """loss(width, seed, x) = base + 0.05 (x - optimum)^2: exact, so its vertex is exact.
+    ``base`` defaults to 2 - 0.01 log2(width): wider is better at every lr."""
+    return lambda w, s, x: (
+        (base or {}).get(w, 2 - 0.01 * math.log2(w)) + 0.05 * (x - optima[w]) ** 2
+    )
+
+
+def metrics_of(root: Path) -> dict:
+    """transfer_metrics keyed by pair: {(parametrization, optimizer): panel}, verdicts."""
+    metrics = transfer_metrics(load_results(root)[0])
+    panels = {(p["parametrization"], p["optimizer"]): p for p in metrics["panels"]}
+    return {**panels, "verdicts": metrics["verdicts"]}
+
+
+# muP: every width's optimum at 2^-3.3; SP's moves 2.35 octaves. The transfer case.
+MUP_OPTIMA = {16: -3.3, 64: -3.3, 256: -3.3}
+SP_OPTIMA = {16: -3.25, 64: -4.25, 256: -5.6}
+
+
+@pytest.fixture(scope="module")
+def transfer_sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """muP and SP Adam at widths 16, 64, 256, two seeds, and the written report."""
+    root = tmp_path_factory.mktemp("transfer")
+    write_curves(root, quadratic(MUP_OPTIMA), seeds=(0, 1))
+    write_curves(root, quadratic(SP_OPTIMA), param="sp", seeds=(0, 1))
+    return root, write_report(root)
+
+
+def test_vertex_of_an_exact_quadratic_between_grid_points():
+    y = 0.05 * (GRID[3:6] + 3.7) ** 2  # x0 = -3.7 lies between -4 and -3
+    assert parabola_vertex(GRID[3:6], y) == pytest.approx(-3.7, abs=1e-12)
+    x = np.array([-5.0, -4.5, -2.0])  # uneven spacing: the general 3-point formula
+    assert parabola_vertex(x, (x + 4.2) ** 2 + 1) == pytest.approx(-4.2, abs=1e-12)
+
+
+def test_vertex_without_a_minimum_is_the_middle_point():
+    assert parabola_vertex([0.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == 1.0  # collinear
+    assert parabola_vertex([0.0, 1.0, 2.0], [1.0, 2.0, 1.0]) == 1.0  # a cap
+
+
+@SEEDED
+@given(
+    start=st.floats(-10, 2),
+    gaps=st.tuples(st.floats(0.1, 3), st.floats(0.1, 3)),
+    curvature=st.floats(0.01, 10),
+    center=st.floats(-12, 4),
+    floor=st.floats(0, 5),
+)
+def test_vertex_is_an_exact_quadratics_minimum_clamped(start, gaps, curvature, center, floor):
+    x = np.array([start, start + gaps[0], start + gaps[0] + gaps[1]])  # (3,) ascending
+    vertex = parabola_vertex(x, curvature * (x - center) ** 2 + floor)
+    assert x[0] <= vertex <= x[2]
+    assert vertex == pytest.approx(min(max(center, x[0]), x[2]), abs=1e-6)
+
+
+@SEEDED
+@given(
+    x=st.lists(st.floats(-20, 20), min_size=3, max_size=3, unique=True),
+    y=st.lists(st.floats(-1e3, 1e3), min_size=3, max_size=3),
+)
+def test_vertex_never_leaves_its_bracket(x, y):
+    x = sorted(x)
+    assume(min(np.diff(x)) > 1e-3)
+    assert x[0] <= parabola_vertex(x, y) <= x[2]
+
+
+def test_fitted_optimum_refines_an_interior_argmin():
+    best = fitted_optimum(GRID, 0.05 * (GRID + 3.3) ** 2)
+    assert best == {"log2_lr": pytest.approx(-3.3, abs=1e-12), "grid_log2_lr": -3.0,
+                    "fitted": True, "edge": None}  # fmt: skip
+
+
+@pytest.mark.parametrize("x0, grid_point, edge", [(-9.0, -7.0, "low"), (2.5, 0.0, "high")])
+def test_an_edge_optimum_is_flagged_and_not_extrapolated(x0, grid_point, edge):
+    best = fitted_optimum(GRID, 0.05 * (GRID - x0) ** 2)
+    assert best == {"log2_lr": grid_point, "grid_log2_lr": grid_point, "fitted": False,
+                    "edge": edge}  # fmt: skip
+
+
+def test_a_diverged_neighbour_keeps_the_grid_point():
+    loss = 0.05 * (GRID + 3.3) ** 2
+    loss[5] = math.inf  # 2^-2, right of the argmin 2^-3
+    assert fitted_optimum(GRID, loss) == {"log2_lr": -3.0, "grid_log2_lr": -3.0,
+                                          "fitted": False, "edge": None}  # fmt: skip
+
+
+def test_fitted_optimum_of_one_lr_and_of_all_diverged():
+    assert fitted_optimum(np.array([-3.0]), np.array([1.5]))["edge"] == "both"
+    assert fitted_optimum(GRID, np.full(8, math.inf)) is None
+
+
+def test_fitted_table_averages_seeds_and_counts_edges(tmp_path):
+    optima = {(16, 0): -3.25, (16, 1): -3.75, (64, 0): -2.5, (64, 1): -9.0}  # -9: off the grid
+    write_curves(tmp_path, lambda w, s, x: 2 + 0.05 * (x - optima[w, s]) ** 2, widths=(16, 64),
+                 seeds=(0, 1))  # fmt: skip
+    w16, w64 = fitted_best_lr_table(load_results(tmp_path)[0])
+    assert (w16["fitted_log2_lr_mean"], w16["fitted_log2_lr_std"]) == pytest.approx((-3.5, 0.25))
+    assert (w16["n_seeds"], w16["edge"], w16["edge_low"], w16["edge_high"]) == (2, False, 0, 0)
+    # Seed 1's optimum is at the edge: it counts as 2^-7, and the width is flagged.
+    assert (w64["fitted_log2_lr_mean"], w64["fitted_log2_lr_std"]) == pytest.approx((-4.75, 2.25))
+    assert (w64["n_seeds"], w64["edge"], w64["edge_low"], w64["edge_high"]) == (2, True, 1, 0)
+    assert [s["optimum"]["edge"] for s in w64["seeds"]] == [None, "low"]
+
+
+def drift_row(width: int, mean: float, edge_low: int = 0, edge_high: int = 0) -> dict:
+    return {"width": width, "fitted_log2_lr_mean": mean, "n_seeds": 1, "edge_low": edge_low,
+            "edge_high": edge_high, "edge": bool(edge_low or edge_high)}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rows, drift, bound, edge_widths",
+    [
+        ([drift_row(16, -3), drift_row(64, -5.5), drift_row(256, -4)], 2.5, "measured", []),
+        # The widest optimum at the low edge could only lie lower: the drift only grows.
+        ([drift_row(16, -3), drift_row(256, -7, edge_low=1)], 4.0, "lower bound", [256]),
+        ([drift_row(16, 0, edge_high=1), drift_row(256, -5)], 5.0, "lower bound", [16]),
+        # Both at the low edge: the true optima may differ either way.
+        (
+            [drift_row(16, -7, edge_low=1), drift_row(256, -7, edge_low=1)],
+            0.0,
+            "uncertain",
+            [16, 256],
+        ),  # fmt: skip
+        ([drift_row(16, -3), {**drift_row(64, math.nan), "n_seeds": 0}], math.nan, None, []),
+    ],
+)
+def test_drift_over_widths_and_its_edges(rows, drift, bound, edge_widths):
+    out = lr_drift(rows)
+    assert out["drift"] == pytest.approx(drift, nan_ok=True)
+    assert (out["drift_bound"], out["edge_widths"]) == (bound, edge_widths)
+
+
+def curve(width: int, means: dict[float, float]) -> dict:
+    return {
+        "width": width,
+        "log2_lr": np.array(list(means)),
+        "mean": np.array(list(means.values())),
+    }
+
+
+NARROW = curve(16, {-4.0: 2.0, -3.0: 1.9, -2.0: 2.1})  # tuned at 2^-3
+
+
+@pytest.mark.parametrize(
+    "wider, better",
+    [
+        ([curve(64, {-3.0: 1.8}), curve(256, {-3.0: 1.7})], True),
+        ([curve(64, {-3.0: 1.8}), curve(256, {-3.0: 1.8})], False),  # strictly
+        ([curve(64, {-3.0: 1.95, -4.0: 1.0})], False),  # only the transferred lr counts
+        ([curve(64, {-3.0: math.inf})], False),  # diverged there
+        ([curve(64, {-4.0: 1.0})], None),  # not run there
+        ([], None),  # one width
+    ],
+)
+def test_wider_is_better_at_the_lr_tuned_at_the_narrowest(wider, better):
+    out = wider_is_better([NARROW, *wider])
+    assert (out["narrowest_width"], out["transferred_log2_lr"]) == (16, -3.0)
+    assert out["wider_is_better"] is better
+    assert out["losses"][16] == 1.9 and len(out["losses"]) == 1 + len(wider)
+
+
+def test_no_transferred_lr_when_the_narrowest_width_always_diverged():
+    out = wider_is_better([curve(16, {-3.0: math.inf}), curve(64, {-3.0: 1.0})])
+    assert math.isnan(out["transferred_log2_lr"]) and out["wider_is_better"] is None
+
+
+def test_panels_of_the_transfer_case(transfer_sweep):
+    metrics = metrics_of(transfer_sweep[0])
+    mup, sp = metrics[("mup", "adam")], metrics[("sp", "adam")]
+    assert [r["fitted_log2_lr_mean"] for r in mup["widths"]] == pytest.approx([-3.3] * 3)
+    assert [r["fitted_log2_lr_mean"] for r in sp["widths"]] == pytest.approx([-3.25, -4.25, -5.6])
+    assert (mup["drift"], sp["drift"]) == pytest.approx((0.0, 2.35))
+    assert mup["drift_bound"] == sp["drift_bound"] == "measured"
+    # At 2^-3 (0.3 octaves from 2^-3.3), loss 2 - 0.01 log2(w) + 0.05 * 0.3^2.
+    assert mup["transferred_log2_lr"] == -3.0 and mup["wider_is_better"] is True
+    losses = [r["loss_at_transferred_lr"] for r in mup["widths"]]
+    assert losses == pytest.approx([1.9645, 1.9445, 1.9245])
+    assert sp["wider_is_better"] is False  # at 2^-3, SP's width 256 is far from its optimum
+
+
+def test_verdict_when_mup_transfers(transfer_sweep):
+    (adam,) = metrics_of(transfer_sweep[0])["verdicts"]
+    assert adam["transfers"] is True and adam["notes"] == []
+    assert adam["text"] == (
+        "Adam: muP transfers: muP drift 0.00 octaves <= 1; SP drift 2.35 octaves >= 2; "
+        "under muP wider is better at the transferred lr 2^-3 (best at width 16): "
+        "losses 16: 1.9645, 64: 1.9445, 256: 1.9245."
+    )
+
+
+def test_verdict_names_every_failed_condition(tmp_path):
+    worse = {16: 2.0, 256: 2.1}  # wider is worse under muP
+    write_curves(tmp_path, quadratic({16: -3.0, 256: -4.5}, worse), widths=(16, 256))
+    write_curves(tmp_path, quadratic({16: -3.0, 256: -3.5}), param="sp", widths=(16, 256))
+    (adam,) = metrics_of(tmp_path)["verdicts"]
+    assert adam["transfers"] is False
+    assert [c["holds"] for c in adam["conditions"]] == [False, False, False]
+    assert adam["text"] == (
+        "Adam: muP does not transfer: muP drift 1.50 octaves > 1; SP drift 0.50 octaves < 2; "
+        "under muP wider is not better at the transferred lr 2^-3 (best at width 16): "
+        "losses 16: 2.0000, 256: 2.2125."
+    )
+
+
+def test_verdict_says_an_edge_sp_drift_is_a_lower_bound(tmp_path):
+    write_curves(tmp_path, quadratic({16: -3.3, 256: -3.3}), widths=(16, 256))
+    write_curves(tmp_path, quadratic({16: -3.0, 256: -9.0}), param="sp", widths=(16, 256))
+    (adam,) = metrics_of(tmp_path)["verdicts"]
+    # Measured 2^-3 .. 2^-7 (the grid's edge): 4 octaves at least.
+    assert adam["transfers"] is True
+    assert "SP drift 4.00 octaves >= 2" in adam["text"]
+    assert adam["notes"] == [
+        "The SP drift is a lower bound: optima at the grid edge at widths 256 (low 1/1)."
+    ]
+    assert adam["text"].endswith(adam["notes"][0])
+
+
+def test_verdict_without_sp_runs(tmp_path):
+    write_curves(tmp_path, quadratic(MUP_OPTIMA), opt="sgd")
+    (sgd,) = metrics_of(tmp_path)["verdicts"]
+    assert sgd["transfers"] is False
+    assert sgd["text"].startswith("SGD: muP does not transfer: no SP runs, so no SP drift. Held: ")
+
+
+def test_transfer_json_is_strict_json_with_the_numbers(transfer_sweep):
+    root, out = transfer_sweep
+    assert out["transfer_json"] == root / "transfer.json"
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    doc = json.loads(out["transfer_json"].read_text(encoding="utf-8"), parse_constant=refuse)
+    assert doc["schema"] == 1 and doc["rule"] == {"mup_drift_max": 1.0, "sp_drift_min": 2.0}
+    sp, mup = doc["panels"]
+    assert (sp["parametrization"], mup["parametrization"]) == ("sp", "mup")
+    assert sp["drift"] == pytest.approx(2.35) and mup["wider_is_better"] is True
+    assert mup["widths"][0]["fitted_log2_lr_mean"] == pytest.approx(-3.3)
+    assert mup["widths"][0]["seeds"][0]["optimum"]["fitted"] is True
+    assert doc["verdicts"][0]["transfers"] is True
+    assert doc["verdicts"][0]["text"] == out["transfer"]["verdicts"][0]["text"]
+
+
+def test_transfer_json_writes_a_diverged_loss_as_null(tmp_path):
+    loss = quadratic({16: -3.3, 64: -3.3})
+    write_curves(tmp_path, lambda w, s, x: math.inf if (w, x) == (64, -3) else loss(w, s, x),
+                 widths=(16, 64))  # fmt: skip
+    doc = json.loads(transfer_json(transfer_metrics(load_results(tmp_path)[0]), tmp_path))
+    w16, w64 = doc["panels"][0]["widths"]
+    assert (w64["loss_at_transferred_lr"], w64["diverged_at_transferred_lr"]) == (None, True)
+    assert w16["diverged_at_transferred_lr"] is False
+    assert doc["panels"][0]["wider_is_better"] is False
+
+
+def test_report_md_has_the_transfer_section(transfer_sweep):
+    text = transfer_sweep[1]["report_md"].read_text(encoding="utf-8")
+    section = text.split("## Learning-rate transfer", 1)[1]
+    rows = md_rows(section)
+    assert rows[0] == ["panel", "width", "fitted log2 best lr", "seeds", "edge",
+                       "loss at transferred lr"]  # fmt: skip
+    assert ["muP, Adam", "256", "-3.30 ± 0.00", "2", "—", "1.9245"] in rows
+    assert ["SP, Adam", "256", "-5.60 ± 0.00", "2", "—", "2.2580"] in rows
+    assert (
+        "- SP, Adam: drift 2.35 octaves; transferred lr 2^-3 (best at width 16); "
+        "wider is better there: no"
+    ) in section
+    assert "- Adam: muP transfers: muP drift 0.00 octaves <= 1;" in section
+
+
+def test_main_prints_the_transfer_table_and_verdicts(transfer_sweep, tmp_path, capsys):
+    assert report.main(runs_dir=str(transfer_sweep[0]), out_dir=str(tmp_path)) == 0
+    printed = capsys.readouterr().out
+    assert "\nLearning-rate transfer\n" in printed
+    assert "- Adam: muP transfers: " in printed
+    assert printed.rstrip().endswith(f"{tmp_path / 'transfer.json'}")
+
+
+def test_plot_marks_each_widths_fitted_optimum(transfer_sweep):
+    sp, mup = transfer_sweep[1]["panels"]
+    assert mup["fitted"] == pytest.approx({16: -3.3, 64: -3.3, 256: -3.3})
+    assert sp["fitted"] == pytest.approx({16: -3.25, 64: -4.25, 256: -5.6})
+
+
 # --- bad input ------------------------------------------------------------------------
 
 
@@ -381,13 +695,12 @@ def test_only_malformed_files_is_an_error(tmp_path):
 
 def test_outputs_go_to_out_dir_with_no_temp_files(sweep, tmp_path):
     root = sweep[0]
-    assert sorted(p.name for p in root.iterdir() if p.is_file()) == [
-        "report.md", "results.csv", "transfer.png"
-    ]  # fmt: skip
+    outputs = ["report.md", "results.csv", "transfer.json", "transfer.png"]
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == outputs
     runs = tmp_path / "runs"
     write_result(runs, "G", "x")
     write_report(runs, out_dir=tmp_path / "out")
-    assert sorted(os.listdir(tmp_path / "out")) == ["report.md", "results.csv", "transfer.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == outputs
     assert sorted(os.listdir(runs)) == ["G"]
 
 
