@@ -7,6 +7,8 @@ checked by the same parser as ``cli.py fit``, and written to
 the same code path as ``python cli.py fit --config <that file>``, so that command
 reproduces it. Its folder also holds the TensorBoard events, ``last.ckpt`` and
 ``result.json`` (schema: ``docs/result_schema.md``), all written atomically.
+With ``--workers K`` (default ``auto``: one per core) up to K runs train at once, each in
+a worker process that runs them through this same path (``workers``).
 
 Every run of the selection is validated before the first one starts. A shard
 (``--job_id I --total_jobs N``, or the SLURM array variables) takes its runs by a
@@ -33,10 +35,12 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_only
 
 from lstm_lightning import experiments as definitions
+from lstm_lightning import workers as pool
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import read_json, write_atomic, write_json_atomic
@@ -98,6 +102,7 @@ class Run:
     config: Any = None  # the parsed jsonargparse Namespace
     text: str = ""  # the resolved config.yaml
     cost: float = 1.0
+    work: float = 1.0  # per training step: tokens x layers x H^2 (its threads follow it)
     shard: int = 0
     action: str = "run"  # run | resume | skip | refuse
     note: str = ""
@@ -263,7 +268,8 @@ def resolve(run: Run, parser, base: dict, runs_dir: Path, extra: dict | None = N
     steps = run.config["trainer.max_steps"]
     steps = steps if steps and steps > 0 else 1000
     # LSTM cost per token grows as layers x H^2; the constant stands for fixed costs.
-    run.cost = float(steps * tokens * (layers * hidden * hidden + 4096))
+    run.work = float(tokens * layers * hidden * hidden)
+    run.cost = float(steps * (run.work + tokens * 4096))
 
 
 def check_values(config, where: str) -> None:
@@ -376,6 +382,8 @@ def plan(run: Run, force: bool, retry_failed: bool) -> None:
         run.action, run.note = ("resume", "from its checkpoint") if resume else ("run", "")
     elif result["status"] == "completed":
         run.action, run.note = "skip", "completed"
+    elif retry_failed and died(result) and checkpoints(run.dir):
+        run.action, run.note = "resume", "its worker died: from its checkpoint"
     elif retry_failed:
         run.action, run.note = "run", f"retrying a {result['status']} run"
     else:
@@ -483,7 +491,10 @@ def failure_record(run: Run, err: BaseException, wall: float) -> dict:
         run.dir / ("traceback.txt" if rank == 0 else f"traceback.rank{rank}.txt"),
         traceback.format_exc(),
     )
-    summary = f"{type(err).__name__}: {err}".splitlines()[0]
+    return failed(run, f"{type(err).__name__}: {err}".splitlines()[0], wall)
+
+
+def failed(run: Run, summary: str, wall: float) -> dict:
     return {
         **identity(run),
         "status": "failed",
@@ -521,11 +532,14 @@ class GlobalState:
         return False
 
 
-def run_one(run: Run) -> dict | None:
-    """Execute a run, isolating failures: any exception becomes a ``failed`` result.
-    None when the run stopped for a SLURM requeue: no result is recorded."""
+def run_one(run: Run, threads: int | None = None) -> dict | None:
+    """Execute a run on ``threads`` torch threads (None: as they are), isolating failures:
+    any exception becomes a ``failed`` result. None when the run stopped for a SLURM
+    requeue: no result is recorded."""
     start = time.perf_counter()
     with GlobalState():
+        if threads is not None:
+            torch.set_num_threads(threads)
         try:
             result = execute(run)
         except KeyboardInterrupt:
@@ -539,11 +553,27 @@ def run_one(run: Run) -> dict | None:
     return result
 
 
-def progress(k: int, todo: list[Run], done_cost: float, elapsed: float) -> str:
-    run = todo[k]
-    left = sum(r.cost for r in todo[k:])
-    eta = f", ETA {format_seconds(elapsed / done_cost * left)}" if done_cost else ""
-    return f"[sweep] run {k + 1}/{len(todo)} {run.name} ({run.action}{eta})"
+def run_in_worker(run: Run, threads: int) -> dict | None:
+    """What a worker process does with each run it is sent (see ``workers``)."""
+    quiet_lightning()
+    return run_one(run, threads)
+
+
+def record_death(run: Run, reason: str, started: float) -> dict:
+    """The result of a run whose worker died under it: ``failed``, with the reason; its
+    ``last.ckpt`` stays, so ``--retry_failed`` resumes it. A result the worker wrote
+    before dying (after ``started``, a ``time.time()``) stands."""
+    path = run.dir / RESULT
+    if path.exists() and path.stat().st_mtime >= started:
+        return read_json(path)
+    result = failed(run, f"{reason}; --retry_failed resumes it", time.time() - started)
+    write_json_atomic(path, result)
+    return result
+
+
+def died(result: dict) -> bool:
+    """Whether a failed result is a worker's death (not the run's own error)."""
+    return result["status"] == "failed" and (result.get("error") or "").startswith(pool.DIED)
 
 
 def format_seconds(seconds: float) -> str:
@@ -563,9 +593,7 @@ def placement(devices: int | None, num_nodes: int | None) -> dict:
     if num_nodes is not None:
         extra["trainer.num_nodes"] = num_nodes
     if (devices or 1) * (num_nodes or 1) > 1:
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
-        if not SLURMEnvironment.detect():
+        if not under_slurm():
             raise ConfigError(
                 "--devices x --num_nodes > 1 needs one process per device, started by "
                 "srun: submit with python cli.py slurm (or run under srun); for one DDP "
@@ -607,8 +635,9 @@ def prepare(
     return runs, job, total
 
 
-def sweep(runs: list[Run], job: int) -> list[dict]:
-    """Run this shard's runs in order; return the results of those it ran."""
+def sweep(runs: list[Run], job: int, workers: int | None = 1) -> list[dict]:
+    """Run this shard's runs, ``workers`` at once (None: auto); return the results of
+    those it ran, in the order they finished."""
     mine = [r for r in runs if r.shard == job]
     refused = [r for r in mine if r.action == "refuse"]
     if refused:
@@ -617,31 +646,99 @@ def sweep(runs: list[Run], job: int) -> list[dict]:
             f"{len(refused)} completed run(s) changed config ({names}): {refused[0].note}"
         )
     todo = [r for r in mine if r.action in ("run", "resume")]
-    # Lightning's per-run banners (GPU available, seed set, ...) would bury the progress.
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    print(
+    slurm = under_slurm()
+    cores = pool.available_cores()
+    count = pool.resolve_workers(workers, len(todo), cores, slurm)
+    # Threads are the run's own choice, the same in every mode, so a run's result does not
+    # depend on --workers. Under SLURM they stay as srun and Lightning set them.
+    cap = pool.thread_cap(cores)
+    threads = [None if slurm else pool.threads_for(r.work, cap) for r in todo]
+    quiet_lightning()
+    how = f"; {count} workers on {cores} cores" if count > 1 else ""
+    say(
         f"[sweep] shard {job}: {len(mine)} runs, {len(mine) - len(todo)} already done, "
-        f"{len(todo)} to run",
-        file=sys.stderr,
-        flush=True,
+        f"{len(todo)} to run{how}"
     )
-    results, start, done_cost = [], time.perf_counter(), 0.0
-    for k, run in enumerate(todo):
-        print(
-            progress(k, todo, done_cost, time.perf_counter() - start), file=sys.stderr, flush=True
-        )
-        result = run_one(run)
+    if count == 1:
+        return sequential(todo, threads)
+    return parallel(todo, threads, min(count, cores, len(todo)), cores)
+
+
+def sequential(todo: list[Run], threads: list[int | None]) -> list[dict]:
+    """One run after another, in this process."""
+    results, line = [], Progress(todo)
+    for run, t in zip(todo, threads):
+        line.started(run)
+        result = run_one(run, t)
         if result is None:
-            print(
-                f"[sweep] requeued during {run.name}: stopping; the requeued job resumes it",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"[sweep] requeued during {run.name}: stopping; the requeued job resumes it")
             break
         results.append(result)
-        done_cost += run.cost
+        line.finished(run)
     return results
+
+
+def parallel(todo: list[Run], threads: list[int], size: int, cores: int) -> list[dict]:
+    """Longest first, in ``size`` worker processes, the threads in use within ``cores``.
+    Ctrl-C or SIGTERM stops the workers; their runs resume from last.ckpt next time."""
+    order = sorted(range(len(todo)), key=lambda i: (-todo[i].cost, i))
+    todo, threads = [todo[i] for i in order], [threads[i] for i in order]
+    results, line, started = [], Progress(todo), {}
+    try:
+        with pool.Pool(run_in_worker, size) as workers:
+            for event in workers.run(todo, threads, cores):
+                run, t = todo[event.index], threads[event.index]
+                if event.kind == "start":
+                    started[event.index] = time.time()
+                    line.started(run, f", pid {event.detail}, {t} thread{'s' * (t > 1)}")
+                    continue
+                result = event.detail
+                if event.kind == "died":
+                    say(f"[sweep] {run.name}: {result}; recorded as failed, a new worker starts")
+                    result = record_death(run, result, started[event.index])
+                if result is not None:
+                    results.append(result)
+                line.finished(run)
+    except KeyboardInterrupt:
+        say("[sweep] interrupted: workers stopped; their runs resume from last.ckpt next time")
+        raise SystemExit(130) from None
+    return results
+
+
+class Progress:
+    """The line each run's start prints: k of N, and the ETA at the pace of the runs done."""
+
+    def __init__(self, todo: list[Run]):
+        self.count, self.left = len(todo), sum(r.cost for r in todo)
+        self.k, self.done, self.start = 0, 0.0, time.perf_counter()
+
+    def started(self, run: Run, how: str = "") -> None:
+        pace = (time.perf_counter() - self.start) / self.done if self.done else None
+        eta = f", ETA {format_seconds(pace * self.left)}" if pace is not None else ""
+        self.k += 1
+        say(f"[sweep] run {self.k}/{self.count} {run.name} ({run.action}{how}{eta})")
+
+    def finished(self, run: Run) -> None:
+        self.done += run.cost
+        self.left -= run.cost
+
+
+def under_slurm() -> bool:
+    """Whether this process runs in a SLURM job step (srun): Lightning's own test, without
+    its hint to use srun."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SLURMEnvironment.detect()
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-run banners (GPU available, seed set, ...) would bury the progress."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def dry_run_table(runs: list[Run], job: int, total: int) -> str:
@@ -683,6 +780,7 @@ def main(
     retry_failed: bool = False,
     devices: int | None = None,
     num_nodes: int | None = None,
+    workers: str = "auto",
 ) -> int:
     """Run experiment groups as a sweep: one folder, one config and one result per run.
 
@@ -701,7 +799,11 @@ def main(
         devices: Devices (processes) per node for every run; DDP when devices x
             num_nodes > 1, which needs srun (cli.py slurm writes the script).
         num_nodes: Nodes for every run.
+        workers: Runs at once on this machine, each in its own process: a number, or auto
+            (one per core, at most the runs to do; 1 under SLURM). A run takes one core,
+            a wide one more (its torch threads); 1 runs them in this process.
     """
+    requested = pool.parse_workers(workers)
     runs, job, total = prepare(
         experiments,
         labels,
@@ -718,6 +820,6 @@ def main(
     if dry_run:
         print(dry_run_table(runs, job, total))
         return 0
-    results = sweep(runs, job)
+    results = sweep(runs, job, requested)
     print(summary_table(results), file=sys.stderr)
     return 1 if any(r["status"] == "failed" for r in results) else 0

@@ -1,0 +1,277 @@
+"""Local sweep parallelism: a parallel sweep's results equal a sequential one's, a dead
+worker loses only its own run, and the threads in use stay within the cores."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lstm_lightning import sweep
+from lstm_lightning import workers as pool
+from lstm_lightning.cli import main
+from lstm_lightning.errors import ConfigError
+from tests import test_sweep
+from tests.test_sweep import ROOT, group, run_cli
+
+project = test_sweep.project  # the fixture: a tiny base config and definitions in tmp_path
+
+FOUR = group(
+    "g",
+    ("a", {"learning_rate": 0.02}),
+    ("b", {"hidden_size": 24}),
+    ("c", {"optimizer": "sgd", "learning_rate": 0.5}),
+    ("d", {"seed": 1, "num_layers": 2}),
+)
+
+
+def into(project, runs_dir, *extra: str) -> list[str]:
+    """The project's sweep arguments with another runs folder."""
+    args = project.args(*extra)
+    args[args.index("--runs_dir") + 1] = str(runs_dir)
+    return args
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{stat}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if stat.isdigit() and int(fields[1]) == pid:
+            found.append(int(stat))
+    return found
+
+
+# --- the same results ------------------------------------------------------------------
+
+
+@pytest.mark.slow  # starting the workers (importing torch and Lightning) takes ~5 s each
+def test_parallel_sweep_gives_the_sequential_results_bit_for_bit(project, tmp_path, capsys):
+    project.defs(FOUR)
+    assert main(project.args("--workers", "1")) == 0  # in this process
+    assert "workers on" not in capsys.readouterr().err
+    parallel = tmp_path / "parallel"
+    assert main(into(project, parallel, "--workers", "2")) == 0
+    err = capsys.readouterr().err
+    assert "2 workers on" in err and "[sweep] ran 4: 4 completed" in err, err
+    assert len(re.findall(r"\[sweep\] run \d/4 g/\w \(run, pid \d+, 1 thread", err)) == 4
+    for label in "abcd":
+        one = project.result("g", label)
+        two = sweep.read_json(parallel / "g" / label / "result.json")
+        assert two["status"] == "completed"
+        for key in ("metrics", "steps", "hparams", "diverged_at_step", "overrides"):
+            assert two[key] == one[key], (label, key)  # exact: no tolerance
+        config = (parallel / "g" / label / "config.yaml").read_text()
+        assert config == (project.runs / "g" / label / "config.yaml").read_text().replace(
+            str(project.runs), str(parallel)
+        )
+
+
+def test_workers_1_runs_in_this_process(project, monkeypatch):
+    monkeypatch.setattr(pool, "Pool", None)  # any use of a worker process would fail
+    assert main(project.args("--workers", "1")) == 0
+    assert project.result("g", "a")["status"] == "completed"
+
+
+# --- a worker that dies ----------------------------------------------------------------
+
+
+def test_a_pool_replaces_a_dead_worker_and_goes_on():
+    # subprocess.call(job, 1) as the work, so that the workers start in a blink: `sleep 30`
+    # is SIGKILLed from here (as by the out-of-memory killer), a missing program raises in
+    # the worker (a worker that crashes), and the other jobs finish.
+    jobs = [["true"], ["sleep", "30"], ["/nonexistent"], ["true"]]
+    events = []
+    with pool.Pool(subprocess.call, 2) as workers:
+        for event in workers.run(jobs, [1, 1, 1, 1], cores=2):
+            events.append(event)
+            if event.kind == "start" and event.index == 1:
+                deadline = time.time() + 60
+                while not children(event.detail) and time.time() < deadline:
+                    time.sleep(0.02)  # until it runs the sleep
+                os.kill(event.detail, signal.SIGKILL)
+    assert sorted(e.index for e in events if e.kind == "start") == [0, 1, 2, 3]
+    ends = {e.index: (e.kind, e.detail) for e in events if e.kind != "start"}
+    assert ends == {
+        0: ("done", 0),
+        1: ("died", "worker died with signal 9 (SIGKILL, e.g. the out-of-memory killer)"),
+        2: ("died", "worker died with exit status 1"),
+        3: ("done", 0),
+    }
+
+
+@pytest.mark.slow
+def test_killing_a_worker_fails_only_its_run_and_a_retry_resumes_it(project):
+    project.defs(
+        group(
+            "g",
+            ("quick1", {}),
+            ("slow", {"max_steps": 400, "val_check_interval": 400}),
+            ("quick2", {"learning_rate": 0.02}),
+            ("quick3", {"hidden_size": 24}),
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "cli.py", *project.args("--workers", "2")],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:  # the slow run is the longest: it starts first
+        if match := re.search(r"g/slow \(run, pid (\d+)", line):
+            break
+    slow = project.runs / "g" / "slow"
+    deadline = time.time() + 120
+    while not (slow / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(int(match.group(1)), signal.SIGKILL)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1, err[-3000:]
+    assert "g/slow: worker died with signal 9" in err
+    assert "[sweep] ran 4: 3 completed, 0 diverged, 1 failed" in err
+    failed = project.result("g", "slow")
+    assert failed["status"] == "failed" and "signal 9" in failed["error"]
+    assert (slow / "last.ckpt").exists()  # kept for the retry
+    quick = {x: project.result("g", x)["status"] for x in ("quick1", "quick2", "quick3")}
+    assert quick == dict.fromkeys(quick, "completed")
+    stamp = (project.runs / "g" / "quick1" / "result.json").stat().st_mtime_ns
+    # A plain restart leaves it failed; --retry_failed resumes it from its checkpoint.
+    assert run_cli(*project.args()).returncode == 0
+    assert project.result("g", "slow")["status"] == "failed"
+    again = run_cli(*project.args("--retry_failed"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = project.result("g", "slow")
+    assert resumed["status"] == "completed" and resumed["steps"] == 400
+    assert resumed["resumed_from_step"] and resumed["resumed_from_step"] > 0
+    assert (project.runs / "g" / "quick1" / "result.json").stat().st_mtime_ns == stamp
+    assert not list(project.runs.rglob("*.tmp"))
+
+
+def test_a_retry_resumes_a_run_whose_worker_died_but_reruns_a_run_that_raised(project):
+    runs, _, _ = sweep.prepare(
+        definitions_path=str(project.definitions),
+        config=str(project.config),
+        runs_dir=str(project.runs),
+    )
+    died, raised = runs
+    for run in runs:
+        run.dir.mkdir(parents=True)
+        (run.dir / "last.ckpt").write_bytes(b"")
+    record = sweep.record_death(died, pool.death(-signal.SIGKILL), time.time() + 1)
+    assert record["status"] == "failed" and record["error"].startswith("worker died with signal 9")
+    sweep.write_json_atomic(raised.dir / "result.json", sweep.failed(raised, "ValueError: x", 1))
+    for run in runs:
+        sweep.plan(run, force=False, retry_failed=False)
+    assert [r.action for r in runs] == ["skip", "skip"]
+    for run in runs:
+        sweep.plan(run, force=False, retry_failed=True)
+    assert [r.action for r in runs] == ["resume", "run"]
+
+
+# --- threads and cores -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "width, layers, cap, threads",
+    [
+        (16, 1, 16, 1),
+        (256, 1, 16, 1),
+        (256, 4, 16, 2),
+        (512, 1, 16, 2),
+        (1024, 1, 16, 5),
+        (1024, 1, 2, 2),
+        (4096, 1, 8, 8),
+        (512, 1, 1, 1),
+    ],
+)
+def test_narrow_runs_get_one_thread_and_wide_runs_more_within_the_cap(width, layers, cap, threads):
+    work = 32 * 64 * layers * width**2  # the default batch: 32 x 64 tokens
+    assert pool.threads_for(work, cap) == threads
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    works=st.lists(st.floats(0, 1e12), max_size=30),
+    cores=st.integers(1, 16),
+    workers=st.integers(1, 20),
+    seed=st.randoms(use_true_random=False),
+)
+def test_the_threads_in_use_never_exceed_the_cores(works, cores, workers, seed):
+    threads = [pool.threads_for(w, cores) for w in works]
+    schedule = pool.Scheduler(threads, cores, workers)
+    running, started = [], []
+    while not schedule.done:
+        while (index := schedule.next()) is not None:
+            running.append(index)
+            started.append(index)
+        assert sum(threads[i] for i in running) <= cores
+        assert 1 <= len(running) <= workers  # never stuck with nothing running
+        schedule.finish(running.pop(seed.randrange(len(running))))
+    assert started == list(range(len(works)))  # each once, in the given (longest-first) order
+
+
+def test_cores_come_from_the_affinity_and_slurm_and_omp_caps_threads():
+    cores = len(os.sched_getaffinity(0))
+    assert pool.available_cores({}) == cores
+    assert pool.available_cores({"SLURM_CPUS_PER_TASK": "1"}) == 1
+    assert pool.thread_cap(8, {}) == 8
+    assert pool.thread_cap(8, {"OMP_NUM_THREADS": "1"}) == 1
+    assert pool.thread_cap(8, {"OMP_NUM_THREADS": "64"}) == 8
+
+
+@pytest.mark.parametrize(
+    "requested, runs, cores, expected",
+    [(None, 40, 2, 2), (None, 1, 16, 1), (None, 0, 4, 1), (3, 40, 2, 3), (1, 40, 16, 1)],
+)
+def test_auto_is_one_worker_per_core_but_no_more_than_the_runs(requested, runs, cores, expected):
+    assert pool.resolve_workers(requested, runs, cores, slurm=False) == expected
+
+
+# --- the flag ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "autox", "two", ""])
+def test_a_bad_workers_value_is_one_line_and_exit_2(project, capsys, value):
+    assert main(project.args(f"--workers={value}")) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --workers"), err
+    assert not project.runs.exists()
+
+
+@pytest.mark.parametrize("value, expected", [("auto", None), ("1", 1), ("12", 12), (3, 3)])
+def test_workers_values(value, expected):
+    assert pool.parse_workers(value) == expected
+
+
+def test_under_srun_auto_is_one_worker_and_more_is_refused(project, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "sweep")
+    assert sweep.under_slurm()
+    assert pool.resolve_workers(None, 40, 16, slurm=True) == 1
+    with pytest.raises(ConfigError, match="--workers 4: under srun"):
+        pool.resolve_workers(4, 40, 16, slurm=True)
+    assert main(project.args("--workers", "2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: --workers 2: under srun" in err[0] and "--total_jobs" in err[0]
+    calls = []
+    monkeypatch.setattr(sweep, "sequential", lambda todo, threads: calls.append(threads) or [])
+    runs, job, _ = sweep.prepare(
+        definitions_path=str(project.definitions),
+        config=str(project.config),
+        runs_dir=str(project.runs),
+    )
+    assert sweep.sweep(runs, job, None) == []
+    assert calls == [[None, None]]  # one at a time, threads left to srun and Lightning
