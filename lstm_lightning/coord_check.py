@@ -142,10 +142,12 @@ def fixed_batches(data_kw: dict, n: int) -> tuple[list[torch.Tensor], int]:
     dm = SequenceDataModule(**data_kw)
     dm.trainer = None
     batches = []
-    for batch in dm.train_dataloader():
-        batches.append(batch)
-        if len(batches) == n:
-            return batches, dm.vocab_size
+    for stack in dm.train_dataloader():
+        # (B, T+1), or a (K, B, T+1) stack of K consecutive batches (data.steps_per_batch)
+        for batch in stack if stack.dim() == 3 else [stack]:
+            batches.append(batch)
+            if len(batches) == n:
+                return batches, dm.vocab_size
     raise ConfigError(f"--steps: the train split has only {len(batches)} batches, need {n}")
 
 

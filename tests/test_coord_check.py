@@ -137,3 +137,12 @@ def test_bad_config_key(tmp_path):
     path.write_text("model:\n  hiden_size: 64\n")
     with pytest.raises(ConfigError, match="--config: model.hiden_size"):
         cc.main(config=str(path), out=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_check_passes_on_the_defaults(tmp_path):
+    """The issue's bar, as a user's CI would run it: `cli.py coord-check --check` with
+    every default (widths 32..512, 5 steps, 3 seeds, Adam at the model's lr) exits 0."""
+    out = tmp_path / "cc"
+    assert run_command("coord_check", ["--out", str(out), "--check"]) == 0
+    assert (out / "coord_check.csv").exists() and (out / "coord_check.png").exists()
