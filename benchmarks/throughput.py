@@ -11,6 +11,10 @@ progress bar refreshing every 20 steps). The Lightning side calls ``trainer.fit`
 side trains ``model.net`` with the optimizer and schedule of ``configure_optimizers``, on the
 same DataLoader. Both time the same span of steps; see benchmarks/README.md for the rules.
 The Markdown table goes to stdout; the progress bar and warnings go to stderr.
+
+A Lightning batch holds K = ``data.steps_per_batch`` optimizer steps. ``--steps_per_batch``
+defaults to the K that ``cli.py fit --config configs/lstm.yaml`` resolves; steps and warm-up
+are rounded up to multiples of K, and the plain loop takes its steps from the same stacks.
 """
 
 from __future__ import annotations
@@ -89,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=64)
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
+    p.add_argument(
+        "--steps_per_batch",
+        default="auto",
+        help="data.steps_per_batch K (default: the K cli.py fit --config configs/lstm.yaml uses)",
+    )
     p.add_argument("--record", action="store_true", help=f"write the table into {README}")
     p.add_argument("--note", default="", help="a line recorded with the table (e.g. machine load)")
     p.add_argument(
@@ -105,7 +114,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = per_width_steps(args.steps, args.widths)
     if min(args.steps) < 1 or args.repeats < 1 or (args.warmup or 0) < 0:
         p.error("--steps and --repeats must be at least 1, --warmup at least 0")
+    k = config_steps_per_batch() if args.steps_per_batch == "auto" else int(args.steps_per_batch)
+    args.steps_per_batch = k
+    args.steps = [round_up(s, k) for s in args.steps]
     return args
+
+
+def config_steps_per_batch() -> int:
+    """The K (``data.steps_per_batch``) that ``cli.py fit --config configs/lstm.yaml`` uses."""
+    cli = build_cli([f"--config={CONFIG}", "--trainer.logger=false"], run=False)
+    return cli.datamodule.steps_per_batch
+
+
+def round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
 
 
 def default_steps(width: int) -> int:
@@ -130,7 +152,8 @@ def per_width_steps(steps: str | None, widths: list[int]) -> list[int]:
 
 
 def warmup_for(args: argparse.Namespace, steps: int) -> int:
-    return args.warmup if args.warmup is not None else max(5, steps // 10)
+    warmup = args.warmup if args.warmup is not None else max(5, steps // 10)
+    return round_up(warmup, args.steps_per_batch)
 
 
 # --- building --------------------------------------------------------------------------
@@ -144,6 +167,7 @@ def build(args: argparse.Namespace, width: int, max_steps: int, log_dir: str):
     # A run must stay inside one epoch: an epoch end saves last.ckpt (validation is off).
     needed = (max_steps + 2) * args.batch_size * (args.seq_len + 1) / TRAIN_SHARE
     tokens = max(DEFAULT_SYNTHETIC_TOKENS, math.ceil(needed))
+    k = args.steps_per_batch
     cli = build_cli(
         [
             f"--config={CONFIG}",
@@ -153,17 +177,18 @@ def build(args: argparse.Namespace, width: int, max_steps: int, log_dir: str):
             f"--data.batch_size={args.batch_size}",
             f"--data.seq_len={args.seq_len}",
             f"--data.synthetic_tokens={tokens}",
+            f"--data.steps_per_batch={k}",
             f"--trainer.max_steps={max_steps}",
             "--trainer.limit_val_batches=0",
             "--trainer.num_sanity_val_steps=0",
-            "--trainer.log_every_n_steps=50",
+            f"--trainer.log_every_n_steps={round_up(50, k)}",  # the config's 50, if K divides it
             f"--trainer.logger.init_args.save_dir={log_dir}",
         ],
         run=False,
     )
-    batches = len(cli.datamodule.train_dataloader())
-    if batches < max_steps:
-        raise RuntimeError(f"an epoch has {batches} batches, fewer than the {max_steps} needed")
+    steps = cli.datamodule.train_steps_per_epoch()
+    if steps < max_steps:
+        raise RuntimeError(f"an epoch has {steps} steps, fewer than the {max_steps} needed")
     return cli
 
 
@@ -182,28 +207,31 @@ def plain_optimizer(model: L.LightningModule, total_steps: int):
 
 
 def time_plain(cli, warmup: int, steps: int, profiler: cProfile.Profile | None = None) -> Run:
-    """Train ``model.net`` for warmup + steps steps; time from just after fetching batch
-    ``warmup`` to just after fetching batch ``warmup + steps``: the span the Lightning
-    callback sees (it fires after the fetch), with ``steps`` fetches and ``steps`` steps."""
+    """Train ``model.net`` for warmup + steps steps; time from just after fetching the stack
+    of step ``warmup`` to just after fetching the stack of step ``warmup + steps``: the span
+    the Lightning callback sees (it fires after the fetch), with ``steps`` steps and the
+    fetches of their stacks (K steps each, K = ``data.steps_per_batch``)."""
     model, net = cli.model, cli.model.net
     net.train()
     optimizer, scheduler = plain_optimizer(model, cli.trainer.max_steps)
-    batches = iter(cli.datamodule.train_dataloader())
+    k = cli.datamodule.steps_per_batch
+    stacks = iter(cli.datamodule.train_dataloader())
     start = loss = None
-    for i in range(warmup + steps + 1):
-        batch = next(batches)
-        if i == warmup:
+    for i in range((warmup + steps) // k + 1):
+        stack = next(stacks)  # (K, B, T+1)
+        if i == warmup // k:
             start = time.perf_counter()
             if profiler:
                 profiler.enable()
-        if i == warmup + steps:
+        if i == (warmup + steps) // k:
             break
-        optimizer.zero_grad()
-        logits, _ = net(batch[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        loss.backward()
-        optimizer.step()
-        scheduler.step()  # the module's schedule steps every batch ("interval": "step")
+        for batch in stack:  # (B, T+1)
+            optimizer.zero_grad()
+            logits, _ = net(batch[:, :-1])  # (B, T, V)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            loss.backward()
+            optimizer.step()
+            scheduler.step()  # the module's schedule steps every step ("interval": "step")
     end = time.perf_counter()
     if profiler:
         profiler.disable()
@@ -214,14 +242,17 @@ def time_plain(cli, warmup: int, steps: int, profiler: cProfile.Profile | None =
 
 
 class SpanTimer(Callback):
-    """Times batches [warmup, warmup + steps) from the ``on_train_batch_start`` of the first
-    to that of the one after the last. Start to start, so each timed step includes all that
-    Lightning does after ``on_train_batch_end`` (LR scheduler step, logger flush every
-    ``log_every_n_steps``, progress-bar metrics); the fit therefore runs one extra step.
-    Placed first in the callback list, so the other callbacks' start hooks fall inside."""
+    """Times steps [warmup, warmup + steps) from the ``on_train_batch_start`` of the first
+    Lightning batch (a stack of K steps) to that of the one after the last. Start to start,
+    so each timed batch includes all that Lightning does after ``on_train_batch_end``
+    (logger flush every ``log_every_n_steps``, progress-bar metrics); the fit therefore
+    runs one extra batch. Placed first in the callback list, so the other callbacks' start
+    hooks fall inside."""
 
-    def __init__(self, warmup: int, steps: int, profiler: cProfile.Profile | None = None):
-        self.first, self.stop = warmup, warmup + steps
+    def __init__(
+        self, warmup: int, steps: int, k: int = 1, profiler: cProfile.Profile | None = None
+    ):
+        self.first, self.stop = warmup // k, (warmup + steps) // k
         self.profiler = profiler
         self.start = self.end = None
         self.loss = None  # the loss of the last timed step, to check both sides did the same
@@ -242,7 +273,7 @@ class SpanTimer(Callback):
 
 
 def time_lightning(cli, warmup: int, steps: int, profiler: cProfile.Profile | None = None) -> Run:
-    timer = SpanTimer(warmup, steps, profiler)
+    timer = SpanTimer(warmup, steps, cli.datamodule.steps_per_batch, profiler)
     cli.trainer.callbacks.insert(0, timer)
     # Lightning's progress bar writes to stdout; send it to stderr so stdout holds only
     # the table. The bar's cost is the same on either stream (tqdm flushes every redraw).
@@ -261,7 +292,7 @@ def time_lightning(cli, warmup: int, steps: int, profiler: cProfile.Profile | No
 def measure(args: argparse.Namespace, side: str, width: int, warmup: int, steps: int) -> Run:
     """One fresh build and one timed run of ``side`` ("plain" or "lightning")."""
     with tempfile.TemporaryDirectory() as log_dir:
-        cli = build(args, width, warmup + steps + 1, log_dir)
+        cli = build(args, width, warmup + steps + args.steps_per_batch, log_dir)
         timed = time_plain if side == "plain" else time_lightning
         return timed(cli, warmup, steps)
 
@@ -347,6 +378,7 @@ def command_line(args: argparse.Namespace) -> str:
         + ("" if args.warmup is None else f" --warmup {args.warmup}")
         + f" --threads {args.threads} --repeats {args.repeats} --batch_size {args.batch_size}"
         f" --seq_len {args.seq_len} --optimizer {args.optimizer}"
+        f" --steps_per_batch {args.steps_per_batch}"
     )
 
 
@@ -358,7 +390,8 @@ def report(args, results, load_before, load_after) -> str:
         f"**{when}** — {machine(args.threads)}",
         "",
         f"`{command_line(args)}`: batch {args.batch_size} × seq_len {args.seq_len}, "
-        f"{args.optimizer}, median of {args.repeats} repeat(s) per side, warm-up "
+        f"{args.optimizer}, {args.steps_per_batch} steps per Lightning batch, median of "
+        f"{args.repeats} repeat(s) per side, warm-up "
         + ", ".join(f"{res.width}: {res.warmup}" for res in results)
         + f" steps. Load average (1 min) {load_before:.2f} before, {load_after:.2f} after.",
     ]
@@ -404,7 +437,8 @@ def profile(args: argparse.Namespace, top: int) -> None:
     for side, timed in (("plain", time_plain), ("lightning", time_lightning)):
         profiler = cProfile.Profile()
         with tempfile.TemporaryDirectory() as log_dir:
-            run = timed(build(args, width, warmup + steps + 1, log_dir), warmup, steps, profiler)
+            cli = build(args, width, warmup + steps + args.steps_per_batch, log_dir)
+            run = timed(cli, warmup, steps, profiler)
         print(f"\n## {side}, width {width}: {run.seconds / steps * 1e6:,.0f} µs/step (profiled)")
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(top)

@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 
+import torch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -22,13 +23,19 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lstm_lightning.data import SequenceDataModule
-from lstm_lightning.errors import ConfigError
+from lstm_lightning.data import SequenceDataModule, resolve_steps_per_batch
+from lstm_lightning.errors import ConfigError, check
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.requeue import Requeued, RequeueOnSignal
 
 # Lightning 2.6 warns on every fit about its own use of torch's pytree API.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# It compares log_every_n_steps, a count of steps here, with an epoch's Lightning batches,
+# which hold data.steps_per_batch steps each: the hint would be wrong.
+warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+# Under manual optimization ModelCheckpoint warns that it saves after the optimizer step:
+# automatic optimization saves there too.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
@@ -66,13 +73,110 @@ class LSTMLightningCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         if config.get("enable_progress_bar") is not False:
             rate = self._get(self.config_init, "progress_refresh_rate")
-            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=rate)]
+            callbacks = [*callbacks, StepProgressBar(refresh_rate=rate)]
         if SLURMEnvironment.detect() and not config.get("plugins"):
             # Our callback checkpoints between steps on SIGUSR1 (see requeue.py), in place
             # of Lightning's handler, which checkpoints in the middle of one.
             config["plugins"] = [SLURMEnvironment(auto_requeue=False)]
             callbacks = [*callbacks, RequeueOnSignal()]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        # Lightning clips only under automatic optimization; the model clips in its own steps.
+        self.model.gradient_clip_val, trainer.gradient_clip_val = trainer.gradient_clip_val, None
+        if self.subcommand in (None, "fit"):
+            fuse_steps(trainer, self.datamodule, self._get(self.config, "ckpt_path"))
+        return trainer
+
+
+class StepProgressBar(TQDMProgressBar):
+    """The training bar counts optimizer steps and redraws every ``refresh_rate`` of them,
+    however many steps a Lightning batch holds (``steps_per_batch``, set by the CLI)."""
+
+    steps_per_batch = 1
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return super().total_train_batches * self.steps_per_batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if bar is None or not self.is_enabled:
+            return
+        steps = (batch_idx + 1) * self.steps_per_batch  # this epoch's, after this batch
+        if steps % self.refresh_rate < self.steps_per_batch or steps == bar.total:
+            bar.n = steps
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar once
+
+
+def fuse_steps(trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None) -> None:
+    """Resolve ``data.steps_per_batch`` (K) and make the settings that Lightning counts in
+    batches count batches of K steps, so that every setting keeps its meaning in steps.
+
+    ``max_steps``, ``log_every_n_steps`` and ``every_n_train_steps`` need no change: the
+    model counts ``global_step`` and Lightning's logging counter per step.
+    ``val_check_interval`` and ``limit_train_batches`` are divided by K.
+    """
+    check(
+        trainer.accumulate_grad_batches == 1,
+        "trainer.accumulate_grad_batches is not supported (each training batch takes its own "
+        "optimizer steps); raise data.batch_size instead",
+    )
+    for callback in trainer.checkpoint_callbacks:
+        check(
+            callback._train_time_interval is None,
+            "checkpoint.train_time_interval is not supported (Lightning ignores it under manual "
+            "optimization); use checkpoint.every_n_train_steps",
+        )
+    counts, only_one = step_counts(trainer, data, ckpt_path)
+    k = resolve_steps_per_batch(data.hparams.steps_per_batch, counts, only_one)
+    data.steps_per_batch = k
+    if isinstance(trainer.progress_bar_callback, StepProgressBar):
+        trainer.progress_bar_callback.steps_per_batch = k
+    if k == 1:
+        return
+    epoch = train_steps(trainer, data)
+    interval = trainer.val_check_interval
+    if isinstance(interval, int):
+        trainer.val_check_interval = interval // k
+    elif isinstance(interval, float) and interval != 1.0:
+        trainer.val_check_interval = int(epoch * interval) // k
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) or limit != 1.0:
+        trainer.limit_train_batches = epoch // k
+
+
+def train_steps(trainer: Trainer, data: SequenceDataModule) -> int:
+    """Optimizer steps in one training epoch, ``trainer.limit_train_batches`` applied."""
+    steps, limit = data.train_steps_per_epoch(), trainer.limit_train_batches
+    return min(steps, limit) if isinstance(limit, int) else int(steps * limit)
+
+
+def step_counts(
+    trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None
+) -> tuple[dict[str, int], str | None]:
+    """Every count of optimizer steps that must fall on a batch edge, by name, and why a
+    batch can hold only one step (or None)."""
+    if trainer.world_size > 1:
+        return {}, f"one process: under DDP ({trainer.world_size}) a forward has one backward"
+    if trainer.max_steps == -1 or trainer.max_epochs not in (None, -1):
+        return {}, "trainer.max_steps and no trainer.max_epochs (the schedule counts steps)"
+    counts = {"trainer.max_steps": trainer.max_steps}
+    if trainer.log_every_n_steps > 0:
+        counts["trainer.log_every_n_steps"] = trainer.log_every_n_steps
+    epoch = train_steps(trainer, data)
+    interval = trainer.val_check_interval
+    if isinstance(interval, int):
+        counts["trainer.val_check_interval"] = interval
+    elif isinstance(interval, float) and interval != 1.0:
+        counts[f"trainer.val_check_interval ({interval} of {epoch} steps)"] = int(epoch * interval)
+    for callback in trainer.checkpoint_callbacks:
+        if callback._every_n_train_steps > 0:
+            counts["checkpoint.every_n_train_steps"] = callback._every_n_train_steps
+    if trainer.max_steps > epoch:  # the run crosses an epoch's end
+        counts["the steps of a training epoch"] = epoch
+    if ckpt_path is not None and os.path.isfile(ckpt_path):
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        counts["the checkpoint's step (--ckpt_path)"] = checkpoint.get("global_step", 0)
+    return counts, None
 
 
 def build_cli(

@@ -14,10 +14,19 @@ A sampler yields window start offsets; the dataset gathers a whole batch with on
 fancy-index (``__getitems__``), so there is no per-window Python work. Under DDP, rank r
 takes every W-th offset: the union of the ranks' batch i is exactly the single-process
 batch i, and in ``contiguous`` mode every rank keeps the same rows from batch to batch.
+
+The training loader yields K = ``steps_per_batch`` consecutive batches at once, a
+(K, B_local, seq_len + 1) stack on which the model takes K optimizer steps: Lightning's
+fixed cost per batch (hooks, closures, transfer) is paid once per K steps. Batch i of the
+stream is sub-batch i % K of stack i // K, so the arithmetic does not depend on K. Every
+setting counted in steps (max_steps, the validation, logging and checkpoint intervals,
+the epoch length when a run crosses one) must be a multiple of K; ``resolve_steps_per_batch``
+picks K.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +46,9 @@ Batching = Literal["windows", "contiguous"]
 # The synthetic corpus is made of independent stationary chains of this length; the
 # floor computation resets the HMM belief at each chain start, so it stays exact.
 SYNTHETIC_CHAIN_LEN = 4096
+# The largest K that ``steps_per_batch: auto`` picks: at width 16 Lightning's ~1.4 ms of
+# fixed cost per batch is then under 0.1 ms a step.
+MAX_STEPS_PER_BATCH = 16
 
 
 @dataclass
@@ -74,6 +86,45 @@ class TokenWindows(Dataset):
 def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     """Collate for ``TokenWindows``: ``__getitems__`` already returns the stacked batch."""
     return batch
+
+
+def stack_steps(batch: torch.Tensor, steps: int) -> torch.Tensor:
+    """Collate for training: (K * B, T+1) from ``__getitems__`` -> (K, B, T+1), one batch a step."""
+    return batch.view(steps, -1, batch.shape[-1])
+
+
+def resolve_steps_per_batch(
+    requested: int | Literal["auto"], counts: dict[str, int], only_one: str | None = None
+) -> int:
+    """K for ``data.steps_per_batch``: every count of optimizer steps must fall on a batch edge.
+
+    ``counts`` names each setting counted in steps, e.g. ``{"trainer.max_steps": 1000}``;
+    ``only_one`` says why K must be 1 (e.g. DDP), or is None. ``auto`` is the largest K up
+    to ``MAX_STEPS_PER_BATCH`` that divides every count; an explicit K that does not is a
+    ``ConfigError`` naming both settings.
+
+    >>> resolve_steps_per_batch("auto", {"trainer.max_steps": 1000, "trainer.log_every_n_steps": 50})
+    10
+    """
+    if requested == "auto":
+        if only_one is not None:
+            return 1
+        fits = [
+            k for k in range(1, MAX_STEPS_PER_BATCH + 1) if all(c % k == 0 for c in counts.values())
+        ]
+        return fits[-1]
+    check(
+        requested == 1 or only_one is None,
+        f"data.steps_per_batch={requested} needs {only_one}; use data.steps_per_batch: auto",
+    )
+    for name, count in counts.items():
+        check(
+            count % requested == 0,
+            f"data.steps_per_batch={requested} must divide {name}={count} (a Lightning batch "
+            f"holds {requested} optimizer steps); use a divisor of {count} or "
+            "data.steps_per_batch: auto",
+        )
+    return requested
 
 
 def window_starts(n: int, seq_len: int, phase: int = 0, shifting: bool = False) -> np.ndarray:
@@ -181,6 +232,10 @@ class SequenceDataModule(L.LightningDataModule):
         synthetic_vocab: Vocabulary size of the synthetic HMM.
         synthetic_branching: Successor states per hidden state.
         synthetic_emission_support: Tokens each hidden state can emit.
+        steps_per_batch: Optimizer steps per Lightning batch (K): the training loader yields
+            K batches at once and the model steps on each in turn, so Lightning's fixed cost
+            per batch is paid once per K steps. Results do not depend on it. ``auto``: the
+            largest K up to 16 that divides every setting counted in steps (1 under DDP).
     """
 
     def __init__(
@@ -201,6 +256,7 @@ class SequenceDataModule(L.LightningDataModule):
         synthetic_vocab: int = 64,
         synthetic_branching: int = 2,
         synthetic_emission_support: int = 4,
+        steps_per_batch: int | Literal["auto"] = "auto",
     ):
         super().__init__()
         # vocab_size stays out of hparams: the model's vocab_size is the one in use.
@@ -213,6 +269,12 @@ class SequenceDataModule(L.LightningDataModule):
         check(seq_len >= 1, f"data.seq_len must be at least 1, got {seq_len}")
         check(batch_size >= 1, f"data.batch_size must be at least 1, got {batch_size}")
         check(num_workers >= 0, f"data.num_workers must be >= 0, got {num_workers}")
+        check(
+            steps_per_batch == "auto" or steps_per_batch >= 1,
+            f"data.steps_per_batch must be a positive integer or auto, got {steps_per_batch}",
+        )
+        # The K in use; the CLI resolves auto (resolve_steps_per_batch) before fitting.
+        self.steps_per_batch = 1 if steps_per_batch == "auto" else steps_per_batch
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             check(0 < frac < 1, f"data.{key} must be between 0 and 1, got {frac}")
         check(
@@ -266,6 +328,10 @@ class SequenceDataModule(L.LightningDataModule):
         )
         return self.hparams.batch_size // world
 
+    def train_steps_per_epoch(self) -> int:
+        """Batches of ``batch_size`` (optimizer steps) in one training epoch of this process."""
+        return len(self._sampler("train", train=True)) // self._local_batch_size()
+
     def _sampler(self, split: str, train: bool) -> EpochSampler:
         hp = self.hparams
         n = len(getattr(self.corpus, split))
@@ -290,11 +356,12 @@ class SequenceDataModule(L.LightningDataModule):
     def _position_fn(self, train: bool) -> Callable[[], tuple[int, int]]:
         """(epoch, items this rank already took in it), from the training batches Lightning
         counts as completed: exact after a resume from any checkpoint, where the trainer's
-        epoch counter is not (a fit stopped by max_steps records its epoch as done)."""
+        epoch counter is not (a fit stopped by max_steps records its epoch as done). A
+        Lightning batch is a stack of steps_per_batch batches."""
         trainer = self.trainer
         if not train or trainer is None or not hasattr(trainer, "fit_loop"):
             return lambda: (0, 0)
-        local = self.hparams.batch_size // trainer.world_size
+        items = self.hparams.batch_size // trainer.world_size * self.steps_per_batch  # a batch
 
         def position() -> tuple[int, int]:
             done = trainer.fit_loop.epoch_loop.batch_progress.total.completed
@@ -302,17 +369,17 @@ class SequenceDataModule(L.LightningDataModule):
             if not per_epoch or per_epoch == float("inf"):
                 return trainer.current_epoch, 0
             epoch, batches = divmod(done, int(per_epoch))
-            return epoch, batches * local
+            return epoch, batches * items
 
         return position
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        batch = self._local_batch_size()
+        steps = self.steps_per_batch if train else 1
         return DataLoader(
             TokenWindows(getattr(self.corpus, split), self.hparams.seq_len),
-            batch_size=batch,
+            batch_size=self._local_batch_size() * steps,
             sampler=self._sampler(split, train),
-            collate_fn=stack_batch,
+            collate_fn=functools.partial(stack_steps, steps=steps) if train else stack_batch,
             num_workers=self.hparams.num_workers,
             drop_last=train or self.hparams.batching == "contiguous",
             persistent_workers=self.hparams.num_workers > 0,

@@ -1,7 +1,23 @@
-"""The LightningModule: an ``LSTMLM`` under SP or muP, its optimizer, schedule and metrics."""
+"""The LightningModule: an ``LSTMLM`` under SP or muP, its optimizer, schedule and metrics.
+
+Training uses manual optimization: a training batch is a stack of K batches (see
+``lstm_lightning.data``) and ``training_step`` takes one optimizer step on each, in the
+order Lightning's automatic optimization takes it on one batch: forward, zero_grad,
+backward, gradient clipping, optimizer step, LR-scheduler step. Results are therefore
+bitwise the same for every K on CPU. ``trainer.global_step`` counts optimizer steps, and
+Lightning's logging counter is advanced per step too, so the log interval, the logged
+step and the step of a validation all count optimizer steps, as with K = 1.
+
+Lightning's ``manual_backward`` and ``LightningOptimizer.step`` cost ~0.15 ms a step in
+hooks and wrappers (a width-16 step is ~6 ms). Where those would only call hooks that do
+nothing (``idle_wrappers``: one process, 32-bit precision, no callback or profiler
+listening), a step calls torch directly and counts itself in ``global_step`` through the
+very callbacks ``LightningOptimizer.step`` calls; anywhere else it goes through Lightning.
+"""
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 from typing import Any
@@ -9,7 +25,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
@@ -93,6 +115,13 @@ class LanguageModel(L.LightningModule):
         self.diverged_at_step: int | None = None
         self.last_val_step: int | None = None  # global step of the latest validation
         self._last_train_loss: torch.Tensor | None = None  # kept on device: no sync a step
+        # Each training batch takes its own optimizer steps (training_step), one per
+        # sub-batch; Lightning's automatic optimization would take one per batch.
+        self.automatic_optimization = False
+        # Lightning clips only under automatic optimization; the CLI moves
+        # trainer.gradient_clip_val here and on_before_optimizer_step applies it.
+        self.gradient_clip_val: float | None = None
+        self._direct = False  # whether a step may skip Lightning's wrappers: on_train_start
 
     def build(self, hidden_size: int) -> LSTMLM:
         """The network at width ``hidden_size``, everything else as configured."""
@@ -124,7 +153,26 @@ class LanguageModel(L.LightningModule):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return loss, logits
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, stack: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """One optimizer step per batch of the stack (K, B, T+1); the last step's loss, or
+        None when a step diverged (the run then stops)."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        loop = self.trainer.fit_loop.epoch_loop
+        first = loop._batches_that_stepped  # Lightning's logging counter, a step behind
+        loss = None
+        for i, batch in enumerate(stack):
+            # Advance the counter per step (Lightning adds 1 after the batch): the logging
+            # decision below, the logged step and a validation's step count steps, not
+            # batches. Every count of steps is a multiple of K (data.steps_per_batch), so a
+            # log or a validation falls on the last step of a batch, as Lightning expects.
+            loop._batches_that_stepped = first + i
+            loss = self.optimizer_step_on(batch, optimizer, scheduler)
+            if loss is None:
+                break
+        return loss
+
+    def optimizer_step_on(self, batch: torch.Tensor, optimizer, scheduler) -> torch.Tensor | None:
+        """Automatic optimization's step on one batch (B, T+1): its loss, or None if it diverged."""
         loss, _ = self.model_step(batch, "train")
         # Every rank takes the same decision, so DDP ranks skip the step together.
         diverged = self.trainer.strategy.reduce_boolean_decision(
@@ -139,7 +187,26 @@ class LanguageModel(L.LightningModule):
             # sync_dist: under DDP the logged loss is the global batch's, not rank 0's half.
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self._last_train_loss = loss.detach()
+        optimizer.zero_grad()
+        if self._direct:  # what the wrappers below do, minus hooks that would do nothing
+            loss.backward()
+            optimizer._on_before_step()  # counts trainer.global_step, as step() does
+            self.on_before_optimizer_step(optimizer)
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            self.manual_backward(loss)
+            optimizer.step()  # counts trainer.global_step; calls on_before_optimizer_step
+        scheduler.step()
         return loss
+
+    def on_train_start(self) -> None:
+        self._direct = idle_wrappers(self.trainer, self)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Where automatic optimization clips: after backward (and mixed precision's unscale).
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val)
 
     def diverge(self, loss: torch.Tensor) -> None:
         self.diverged_at_step = self.global_step
@@ -215,13 +282,20 @@ class LanguageModel(L.LightningModule):
 
     # --- checkpoints: what an exact resume needs beyond weights and optimizer ---------
 
+    def steps_per_batch(self) -> int:
+        """K: the training batches in one Lightning batch (``data.steps_per_batch``)."""
+        return getattr(getattr(self.trainer, "datamodule", None), "steps_per_batch", 1)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["steps_per_batch"] = self.steps_per_batch()  # the unit of its batch counts
         checkpoint["tbptt_state"] = self._state.get("train")
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            restack_progress(checkpoint, self.steps_per_batch())  # before Lightning reads it
         if checkpoint.get("tbptt_state") is not None:
             self._state["train"] = checkpoint["tbptt_state"]
             self._resumed_state = True
@@ -281,6 +355,65 @@ class LanguageModel(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def idle_wrappers(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether Lightning's backward and optimizer-step wrappers would only call hooks that do
+    nothing: the strategy and precision add nothing (one process, 32-bit), no callback
+    listens to the backward or step hooks, the module overrides none but
+    ``on_before_optimizer_step``, and no profiler times them."""
+    strategy_adds = any(
+        getattr(type(trainer.strategy), name) is not getattr(Strategy, name)
+        for name in ("backward", "pre_backward", "post_backward", "optimizer_step")
+    )
+    hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+    listening = any(is_overridden(h, cb, Callback) for cb in trainer.callbacks for h in hooks)
+    module_hooks = ("backward", "on_before_backward", "on_after_backward")
+    overridden = any(is_overridden(h, module, L.LightningModule) for h in module_hooks)
+    return (
+        type(trainer.precision_plugin) is Precision
+        and isinstance(trainer.profiler, PassThroughProfiler)
+        and not (strategy_adds or listening or overridden)
+    )
+
+
+def restack_progress(checkpoint: dict, steps_per_batch: int) -> None:
+    """Make a checkpoint's training progress count Lightning batches of ``steps_per_batch``.
+
+    Lightning counts batches (the data position is read from that count); a checkpoint
+    written with K steps a batch counted stacks of K. One written before batches held
+    several steps (automatic optimization, K = 1) kept its step count elsewhere: it moves
+    to where manual optimization keeps it, so ``global_step`` resumes where it stopped.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if loop is None:
+        return
+    written = checkpoint.get("steps_per_batch")
+    if written is None:
+        written = 1
+        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
+        if automatic is not None:
+            steps = copy.deepcopy(automatic["optimizer"]["step"])
+            loop["epoch_loop.manual_optimization.optim_step_progress"] = steps
+    if written == steps_per_batch:
+        return
+    progress = loop["epoch_loop.batch_progress"]
+    for part, where in (("total", "the run"), ("current", "its epoch")):
+        counts = progress[part]
+        steps = counts["ready"] * written  # checkpoints are written after a batch's steps
+        check(
+            steps % steps_per_batch == 0,
+            f"--ckpt_path: the checkpoint stopped {steps} steps into {where}, not a multiple of "
+            f"data.steps_per_batch={steps_per_batch}; use a divisor of {steps} or "
+            "data.steps_per_batch: auto",
+        )
+        # Keep the lag of the other counters: it tells Lightning whether the checkpoint
+        # was written at the end of the batch (completed one behind) or after it.
+        ready = steps // steps_per_batch
+        for key in ("started", "processed", "completed"):
+            counts[key] = ready - (counts["ready"] - counts[key])
+        counts["ready"] = ready
+    checkpoint["steps_per_batch"] = steps_per_batch
 
 
 def validate_hparams(hp) -> None:

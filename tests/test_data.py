@@ -113,7 +113,7 @@ def test_contiguous_batches_continue_each_row():
     dm = small(batching="contiguous", batch_size=4)
     dm.trainer = None
     loader = dm.train_dataloader()
-    batches = [b for _, b in zip(range(3), loader)]
+    batches = [stack[0] for _, stack in zip(range(3), loader)]  # stacks of 1 batch (B, T+1)
     for prev, nxt in zip(batches, batches[1:]):
         assert torch.equal(prev[:, -1], nxt[:, 0])  # chunk i+1 starts where chunk i ended
 
@@ -124,7 +124,20 @@ def test_global_batch_must_divide_among_ranks():
     with pytest.raises(ConfigError, match="batch_size=8 .* 3 processes"):
         dm.train_dataloader()
     dm.trainer = fake_trainer(2)
-    assert next(iter(dm.train_dataloader())).shape == (4, 9)
+    assert next(iter(dm.train_dataloader())).shape == (1, 4, 9)
+
+
+@pytest.mark.parametrize("batching", ["windows", "contiguous"])
+def test_a_stack_holds_the_next_k_batches(batching):
+    # Stack i of K batches is batches iK .. iK + K - 1 of K = 1, so every step sees the
+    # same batch whatever K is; a short last stack is dropped like a short batch.
+    one, four = small(batching=batching), small(batching=batching, steps_per_batch=4)
+    one.trainer = four.trainer = None
+    batches = torch.cat(list(one.train_dataloader()))  # (N, B, T+1)
+    stacks = list(four.train_dataloader())
+    assert stacks[0].shape == (4, 4, 9)
+    assert torch.equal(torch.cat(stacks), batches[: len(stacks) * 4])
+    assert len(stacks) == len(batches) // 4 == one.train_steps_per_epoch() // 4
 
 
 # --- sources ---------------------------------------------------------------------------
@@ -202,6 +215,7 @@ def bad_file(tmp_path, name: str, content: bytes) -> str:
         (lambda t: dict(source="tokens", path=None), "data.path is required"),
         (lambda t: dict(source="wav"), "unknown source 'wav'"),
         (lambda t: dict(seq_len=0), "data.seq_len must be at least 1"),
+        (lambda t: dict(steps_per_batch=0), "data.steps_per_batch must be a positive integer"),
         (lambda t: dict(val_fraction=0.6, test_fraction=0.5), "leaving a train split"),
         (lambda t: dict(synthetic_branching=999), "branching must be between 1 and"),
     ],

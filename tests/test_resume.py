@@ -3,50 +3,75 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lstm_lightning.cli import main
+from lstm_lightning.module import restack_progress
 from tests.test_cli import scalars
 
+# 4096 tokens make epochs of 28 steps: stopping at 36 stops inside epoch 1, with dropout
+# on, so the data position, the TBPTT state and the RNG must all come back. Every count
+# of steps (28, 32, 36, 40, the log interval 4) is a multiple of 4 steps a batch.
+COMMON = ["--data.synthetic_tokens", "4096", "--model.dropout", "0.1"]
+COMMON += ["--trainer.val_check_interval", "40", "--trainer.limit_val_batches", "null"]
+COMMON += ["--trainer.log_every_n_steps", "4"]
 
-@pytest.mark.parametrize("batching", ["windows", "contiguous"])
-def test_resume_mid_epoch_equals_an_uninterrupted_run(tiny, tmp_path, batching):
-    # 4096 tokens make epochs of 28 batches: stopping at 33 stops inside epoch 1, with
-    # dropout on, so the data position, the TBPTT state and the RNG must all come back.
-    common = [
-        "--data.synthetic_tokens",
-        "4096",
-        "--data.batching",
-        batching,
-        "--model.dropout",
-        "0.1",
-        "--trainer.val_check_interval",
-        "40",
-        "--trainer.limit_val_batches",
-        "null",
-    ]
 
+@pytest.fixture
+def fit(tiny, tmp_path):
     def fit(name: str, steps: int, *extra: str):
-        args = tiny(*common, steps=steps)
+        args = tiny(*COMMON, steps=steps)
         args[args.index("--trainer.val_check_interval") + 1] = "40"
-        assert (
-            main(
-                ["fit", *args, "--trainer.logger.init_args.save_dir", str(tmp_path / name), *extra]
-            )
-            == 0
-        )
+        save_dir = ["--trainer.logger.init_args.save_dir", str(tmp_path / name)]
+        assert main(["fit", *args, *save_dir, *extra]) == 0
         return tmp_path / name / "lstm" / "version_0"
 
-    whole = fit("whole", 40)
-    # A checkpoint written mid-run, as a killed or requeued run leaves it (step 30)...
-    periodic = fit(
-        "periodic", 33, "--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", "30"
-    )
-    (mid,) = (periodic / "checkpoints").glob("*step=30.ckpt")
-    # ...and one written when a fit stopped at max_steps inside an epoch (step 33).
+    return fit
+
+
+def assert_continues(resumed, whole, name: str) -> None:
+    assert scalars(resumed)["val/loss"] == scalars(whole)["val/loss"], name
+    assert scalars(resumed)["train/loss"][-1] == scalars(whole)["train/loss"][-1], name
+
+
+@pytest.mark.parametrize("steps_per_batch", ["1", "4"])
+@pytest.mark.parametrize("batching", ["windows", "contiguous"])
+def test_resume_mid_epoch_equals_an_uninterrupted_run(fit, batching, steps_per_batch):
+    k = ["--data.batching", batching, "--data.steps_per_batch", steps_per_batch]
+    whole = fit("whole", 40, *k)
+    # A checkpoint written mid-run, as a killed or requeued run leaves it (step 32)...
+    every = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", "32"]
+    periodic = fit("periodic", 36, *k, *every)
+    (mid,) = (periodic / "checkpoints").glob("*step=32.ckpt")
+    # ...and one written when a fit stopped at max_steps inside an epoch (step 36).
     for name, ckpt in (
         ("from_batch_end", mid),
         ("from_fit_end", periodic / "checkpoints" / "last.ckpt"),
     ):
-        resumed = fit(name, 40, "--ckpt_path", str(ckpt))
-        assert scalars(resumed)["val/loss"] == scalars(whole)["val/loss"], name
-        assert scalars(resumed)["train/loss"][-1] == scalars(whole)["train/loss"][-1], name
+        assert_continues(fit(name, 40, *k, "--ckpt_path", str(ckpt)), whole, name)
+
+
+def as_automatic_optimization(path, out) -> None:
+    """The checkpoint as this project wrote it before a batch could hold several steps:
+    one step a batch, and the step count where automatic optimization keeps it."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    restack_progress(ckpt, 1)
+    del ckpt["steps_per_batch"]
+    loop = ckpt["loops"]["fit_loop"]
+    manual = "epoch_loop.manual_optimization.optim_step_progress"
+    loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"] = loop[manual]
+    loop[manual] = {part: {"ready": 0, "completed": 0} for part in ("total", "current")}
+    torch.save(ckpt, out)
+
+
+def test_resume_with_another_k_or_from_automatic_optimization(fit, tmp_path):
+    whole = fit("whole", 40, "--data.steps_per_batch", "1")
+    every = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", "32"]
+    periodic = fit("periodic", 36, "--data.steps_per_batch", "4", *every)
+    (mid,) = (periodic / "checkpoints").glob("*step=32.ckpt")
+    for k in ("2", "1"):  # written with 4 steps a batch, resumed with 2 and with 1
+        resumed = fit(f"k{k}", 40, "--data.steps_per_batch", k, "--ckpt_path", str(mid))
+        assert_continues(resumed, whole, f"k{k}")
+    legacy = tmp_path / "automatic.ckpt"
+    as_automatic_optimization(mid, legacy)
+    assert_continues(fit("legacy", 40, "--ckpt_path", str(legacy)), whole, "legacy")  # auto: 4
