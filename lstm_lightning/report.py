@@ -475,7 +475,18 @@ def verdict(opt: str, mup: dict | None, sp: dict | None) -> dict:
     else:
         failed = "; ".join(c["text"] for c in conditions if not c["holds"])
         held = "; ".join(c["text"] for c in conditions if c["holds"])
-        text = f"{name}: muP does not transfer: {failed}." + (f" Held: {held}." if held else "")
+        # Only the SP condition failing means muP held its optimum but SP did not move
+        # enough at these widths for the study to tell the two apart: not shown, not
+        # refuted (widen the width range).
+        only_sp = [c["name"] for c in conditions if not c["holds"]] == ["sp_drift"] and (
+            sp is not None and not math.isnan(sp["drift"])
+        )
+        head = (
+            "transfer not shown (SP barely drifts at these widths)"
+            if only_sp
+            else ("muP does not transfer")
+        )
+        text = f"{name}: {head}: {failed}." + (f" Held: {held}." if held else "")
     text += "".join(f" {n}" for n in notes)
     return {"optimizer": opt, "transfers": transfers, "conditions": conditions,
             "notes": notes, "text": text}  # fmt: skip

@@ -556,6 +556,18 @@ def test_verdict_says_an_edge_sp_drift_is_a_lower_bound(tmp_path):
     assert adam["text"].endswith(adam["notes"][0])
 
 
+def test_verdict_when_only_sp_fails_to_drift(tmp_path):
+    """muP holds its optimum but SP barely moves: transfer is not shown, not refuted."""
+    write_curves(tmp_path, quadratic({16: -3.3, 256: -3.3}), widths=(16, 256))
+    write_curves(tmp_path, quadratic({16: -3.0, 256: -3.5}), param="sp", widths=(16, 256))
+    (adam,) = metrics_of(tmp_path)["verdicts"]
+    assert adam["transfers"] is False
+    assert adam["text"].startswith(
+        "Adam: transfer not shown (SP barely drifts at these widths): SP drift 0.50 octaves < 2."
+        " Held: muP drift 0.00 octaves <= 1; "
+    )
+
+
 def test_verdict_without_sp_runs(tmp_path):
     write_curves(tmp_path, quadratic(MUP_OPTIMA), opt="sgd")
     (sgd,) = metrics_of(tmp_path)["verdicts"]
