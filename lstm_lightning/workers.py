@@ -35,9 +35,12 @@ from lstm_lightning.errors import ConfigError
 
 # A run gets one thread, plus one for each width-512 step's worth of work (tokens x layers
 # x H^2 per training step; 32 x 64 tokens, one layer): width 512 gets 2 threads, 1024
-# gets 5. Below that an LSTM step's matmuls are too small to split well: at width 16, 2
-# threads are slower than 1 even on an idle core pair, and in a sweep with runs to spare a
-# core does more as a second worker than as a second thread.
+# gets 5. Narrow steps are too small to split: at width 16 one thread beats two even on
+# an idle pair of cores, and while runs are waiting a core does more as another worker
+# than as a second thread. Where a second thread starts to pay for itself is yet to be
+# measured on a quiet machine (benchmarks/throughput.py --threads 1, then 2): at width
+# 512 a time step's recurrent matmul, (32 x 512) @ (512 x 2048), is 67 MFLOP, which two
+# threads split with little overhead; at width 128 it is 4 MFLOP.
 WORK_PER_EXTRA_THREAD = 32 * 64 * 512**2
 STOP_SECONDS = 10  # how long a stopped worker may take to finish its step before SIGKILL
 

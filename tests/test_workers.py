@@ -160,6 +160,58 @@ def test_killing_a_worker_fails_only_its_run_and_a_retry_resumes_it(project):
     assert not list(project.runs.rglob("*.tmp"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_stopping_the_sweep_stops_its_workers(project, how):
+    # SIGINT goes to the whole process group, as Ctrl-C does; SIGKILL only to the sweep.
+    steps = {"max_steps": 400, "val_check_interval": 400}
+    project.defs(group("g", ("r1", steps), ("r2", steps), ("r3", steps)))
+    proc = subprocess.Popen(
+        [sys.executable, "cli.py", *project.args("--workers", "2")],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pids = []
+    for line in proc.stderr:
+        if match := re.search(r"pid (\d+)", line):
+            pids.append(int(match.group(1)))
+            if len(pids) == 2:
+                break
+    deadline = time.time() + 120
+    while not list(project.runs.glob("g/*/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)
+    if how == signal.SIGINT:
+        os.killpg(proc.pid, how)
+    else:
+        proc.send_signal(how)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == (-9 if how == signal.SIGKILL else 130), err[-3000:]
+    deadline = time.time() + 10  # the kernel delivers SIGKILL to the workers (PDEATHSIG)
+    while any(alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)]
+    assert not list(project.runs.glob("g/*/result.json"))  # nothing recorded as failed
+    if how != signal.SIGINT:
+        return  # the restart is the same after each
+    again = run_cli(*project.args())
+    assert again.returncode == 0, again.stderr[-3000:]
+    results = [project.result("g", r) for r in ("r1", "r2", "r3")]
+    assert all(r["status"] == "completed" and r["steps"] == 400 for r in results)
+    assert any(r["resumed_from_step"] for r in results)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_retry_resumes_a_run_whose_worker_died_but_reruns_a_run_that_raised(project):
     runs, _, _ = sweep.prepare(
         definitions_path=str(project.definitions),
