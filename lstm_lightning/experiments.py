@@ -386,6 +386,24 @@ MUP_SCALING_EXPERIMENTS = create_multi_seed_experiments(
     TRANSFER_SEEDS,
 )
 
+# The SGD width extension (docs/results.md): under SGD, SP's best lr moved only 0.7
+# octaves from width 16 to 128, too little to tell SP from muP, so this adds width 256
+# (one seed, the six rates 2^-1..2^4 around both optima: 12 runs, ~45 s each on one
+# core). Run it into the study's runs folder: the report joins it to the SGD panels.
+SGD_WIDTH_EXTENSION = create_multi_seed_experiments(
+    _group(
+        "SGD_WIDTH_EXTENSION",
+        [
+            sub
+            for par in ("sp", "mup")
+            for sub in generate_lr_sweep_experiment(
+                width_group("T", "sgd", par, [256]), SGD_LR_SWEEP[2:]
+            )["subexperiments"]
+        ],
+    ),
+    (0,),
+)
+
 # A plain learning-rate sweep at one width (Adam, muP): 12 runs, about a minute.
 LSTM_LR_EXPERIMENTS = generate_lr_sweep_experiment(
     width_group("LSTM_LR_EXPERIMENTS", "adam", "mup", [64]),
@@ -402,6 +420,7 @@ GROUPS: dict[str, Group] = {
         LSTM_ADAM_MUP_SCALING,
         LSTM_ADAM_SP_SCALING,
         MUP_SCALING_EXPERIMENTS,
+        SGD_WIDTH_EXTENSION,
         LSTM_LR_EXPERIMENTS,
     )
 }
