@@ -350,7 +350,7 @@ def test_registry_and_default():
         "LSTM_SGD_MUP_SCALING",
         "LSTM_SGD_SP_SCALING",
         "MUP_SCALING_EXPERIMENTS",
-        "SGD_WIDTH_EXTENSION",
+        "WIDTH_EXTENSION",
     ]
 
 
@@ -367,7 +367,7 @@ RUNS = {
     "LSTM_ADAM_MUP_SCALING": 40,
     "LSTM_ADAM_SP_SCALING": 40,
     "MUP_SCALING_EXPERIMENTS": 384,
-    "SGD_WIDTH_EXTENSION": 12,
+    "WIDTH_EXTENSION": 24,
     "LSTM_LR_EXPERIMENTS": 14,
 }
 
