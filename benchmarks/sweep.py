@@ -19,6 +19,7 @@ import argparse
 import datetime
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -99,8 +100,9 @@ def shell_loop(args: argparse.Namespace, runs_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def sweep_command(args: argparse.Namespace, runs_dir: Path, workers: str) -> float:
-    """b and c: one ``cli.py sweep`` process, timed from start to exit."""
+def sweep_command(args: argparse.Namespace, runs_dir: Path, workers: str) -> tuple[float, int]:
+    """b and c: one ``cli.py sweep`` process, timed from start to exit; and the worker
+    processes it started (its first line says; none: it ran the runs itself)."""
     command = [sys.executable, "cli.py", "sweep", *selection(args), "--runs_dir", str(runs_dir)]
     start = time.perf_counter()
     done = subprocess.run(
@@ -109,12 +111,14 @@ def sweep_command(args: argparse.Namespace, runs_dir: Path, workers: str) -> flo
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"cli.py sweep --workers {workers} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    started = re.search(r"(\d+) worker process", done.stderr)
+    return seconds, int(started.group(1)) if started else 1
 
 
-def time_way(args: argparse.Namespace, way: str, runs_dir: Path) -> float:
+def time_way(args: argparse.Namespace, way: str, runs_dir: Path) -> tuple[float, int]:
+    """Wall seconds, and how many runs trained at once."""
     if way == "a":
-        return shell_loop(args, runs_dir)
+        return shell_loop(args, runs_dir), 1
     return sweep_command(args, runs_dir, "1" if way == "b" else args.workers)
 
 
@@ -153,19 +157,13 @@ def same_work(args: argparse.Namespace, dirs: dict[str, Path]) -> list[str]:
 # --- reporting -------------------------------------------------------------------------------
 
 
-def workers_of_c(args: argparse.Namespace, runs: int) -> int:
-    """What ``--workers`` resolves to for c on this machine."""
-    requested = pool.parse_workers(args.workers)
-    return pool.resolve_workers(requested, runs, pool.available_cores(), sweep.under_slurm())
-
-
-def table(args: argparse.Namespace, seconds: dict[str, list[float]], runs: int) -> str:
+def table(args: argparse.Namespace, seconds: dict[str, list[float]], workers: int) -> str:
     c = statistics.median(seconds["c"]) if "c" in seconds else None
     lines = ["| way | what | median s | min–max s | / c |", "|:--|:--|--:|--:|--:|"]
     for way, times in seconds.items():
         what = WAYS[way]
         if way == "c":
-            what += f" ({args.workers}: {workers_of_c(args, runs)} workers)"
+            what += f" (--workers {args.workers}: {workers} at once)"
         median = statistics.median(times)
         ratio = f"{median / c:.2f}" if c else "–"
         lines.append(
@@ -187,7 +185,7 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(["python benchmarks/sweep.py", *flags])
 
 
-def report(args, seconds, runs: int, problems: list[str], load: tuple[float, float]) -> str:
+def report(args, seconds, runs: int, workers: int, problems: list[str], load) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cores = pool.available_cores()
     lines = [
@@ -202,7 +200,7 @@ def report(args, seconds, runs: int, problems: list[str], load: tuple[float, flo
     check = "Every way ended every run at the same loss (same work)."
     if problems:
         check = "WARNING: the ways differ: " + "; ".join(problems[:5])
-    lines += ["", table(args, seconds, runs), "", check]
+    lines += ["", table(args, seconds, workers), "", check]
     return "\n".join(lines)
 
 
@@ -215,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = len(planned(args, Path(tempfile.gettempdir()) / "unused"))  # validates the selection
     seconds: dict[str, list[float]] = {way: [] for way in "abc" if way in args.ways}
     problems: list[str] = []
+    workers = 1  # c's runs at once
     load = os.getloadavg()[0]
     for r in range(args.repeats):
         # Alternate the order, so that a drift in machine load hits every way.
@@ -222,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
             dirs = {way: Path(tmp) / way for way in order}
             for way in order:
-                seconds[way].append(time_way(args, way, dirs[way]))
+                wall, at_once = time_way(args, way, dirs[way])
+                seconds[way].append(wall)
+                workers = at_once if way == "c" else workers
                 log(f"repeat {r + 1}/{args.repeats} {way}: {seconds[way][-1]:.1f} s")
             problems += same_work(args, dirs)
-    block = report(args, seconds, runs, problems, (load, os.getloadavg()[0]))
+    block = report(args, seconds, runs, workers, problems, (load, os.getloadavg()[0]))
     print(block)
     if args.record:
         selection_key = " ".join(selection(args)) or "default"

@@ -648,20 +648,21 @@ def sweep(runs: list[Run], job: int, workers: int | None = 1) -> list[dict]:
     todo = [r for r in mine if r.action in ("run", "resume")]
     slurm = under_slurm()
     cores = pool.available_cores()
-    count = pool.resolve_workers(workers, len(todo), cores, slurm)
+    count = pool.resolve_workers(workers, [r.cost for r in todo], cores, slurm, on_cpu(todo))
     # Threads are the run's own choice, the same in every mode, so a run's result does not
     # depend on --workers. Under SLURM they stay as srun and Lightning set them.
     cap = pool.thread_cap(cores)
     threads = [None if slurm else pool.threads_for(r.work, cap) for r in todo]
+    size = min(count, cores, len(todo))  # no more processes than can ever run at once
     quiet_lightning()
-    how = f"; {count} workers on {cores} cores" if count > 1 else ""
+    how = f"; {size} worker process{'es' * (size > 1)} on {cores} cores" if count > 1 else ""
     say(
         f"[sweep] shard {job}: {len(mine)} runs, {len(mine) - len(todo)} already done, "
         f"{len(todo)} to run{how}"
     )
     if count == 1:
         return sequential(todo, threads)
-    return parallel(todo, threads, min(count, cores, len(todo)), cores)
+    return parallel(todo, threads, size, cores)
 
 
 def sequential(todo: list[Run], threads: list[int | None]) -> list[dict]:
@@ -702,6 +703,9 @@ def parallel(todo: list[Run], threads: list[int], size: int, cores: int) -> list
     except KeyboardInterrupt:
         say("[sweep] interrupted: workers stopped; their runs resume from last.ckpt next time")
         raise SystemExit(130) from None
+    except pool.WorkerStartError as err:
+        say(f"[sweep] {err}")
+        raise SystemExit(1) from None
     return results
 
 
@@ -721,6 +725,16 @@ class Progress:
     def finished(self, run: Run) -> None:
         self.done += run.cost
         self.left -= run.cost
+
+
+def on_cpu(runs: list[Run]) -> bool:
+    """Whether every run trains on the CPU (``auto`` finding no GPU counts)."""
+    accelerators = {str(r.config["trainer.accelerator"]) for r in runs}
+    if "auto" in accelerators:
+        accelerators.discard("auto")
+        gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+        accelerators.add("gpu" if gpu else "cpu")
+    return accelerators <= {"cpu"}
 
 
 def under_slurm() -> bool:
@@ -800,8 +814,9 @@ def main(
             num_nodes > 1, which needs srun (cli.py slurm writes the script).
         num_nodes: Nodes for every run.
         workers: Runs at once on this machine, each in its own process: a number, or auto
-            (one per core, at most the runs to do; 1 under SLURM). A run takes one core,
-            a wide one more (its torch threads); 1 runs them in this process.
+            (one per core, at most the runs to do; 1 for GPU runs, under SLURM, or for a
+            sweep too short to pay for starting workers). A run takes one core, a wide
+            one more (its torch threads); 1 runs them in this process.
     """
     requested = pool.parse_workers(workers)
     runs, job, total = prepare(

@@ -42,6 +42,12 @@ from lstm_lightning.errors import ConfigError
 # 512 a time step's recurrent matmul, (32 x 512) @ (512 x 2048), is 67 MFLOP, which two
 # threads split with little overhead; at width 128 it is 4 MFLOP.
 WORK_PER_EXTRA_THREAD = 32 * 64 * 512**2
+# A run's estimated cost (steps x tokens x (layers x H^2 + 4096), see sweep.resolve)
+# runs at about 1e9 a second on one core, at width 16 as at 512 (benchmarks/README.md,
+# Lightning side: 245k tokens/s x (16^2 + 4096), 3,985 tokens/s x (512^2 + 4096)).
+COST_PER_SECOND = 1e9
+RUN_SECONDS = 1.0  # what a run takes beyond its steps: building it, validating, saving
+STARTUP_SECONDS = 5.0  # a worker's start: importing torch and Lightning
 STOP_SECONDS = 10  # how long a stopped worker may take to finish its step before SIGKILL
 
 
@@ -85,9 +91,12 @@ def threads_for(work: float, cap: int) -> int:
     return max(1, min(cap, 1 + int(work // WORK_PER_EXTRA_THREAD)))
 
 
-def resolve_workers(requested: int | None, runs: int, cores: int, slurm: bool) -> int:
-    """The worker count: ``auto`` (None) is one per core, but no more than the runs to do,
-    and 1 under SLURM, where each run has the allocation (srun's ranks, DDP) to itself."""
+def resolve_workers(
+    requested: int | None, costs: list[float], cores: int, slurm: bool, on_cpu: bool = True
+) -> int:
+    """The worker count. ``auto`` (None) is one per core, but no more than the runs to do,
+    and 1 where workers would not pay: a sweep shorter than the workers' start-up, runs on
+    an accelerator (one at a time has it to itself), or under SLURM (srun's ranks, DDP)."""
     if slurm:
         if requested not in (None, 1):
             raise ConfigError(
@@ -96,9 +105,14 @@ def resolve_workers(requested: int | None, runs: int, cores: int, slurm: bool) -
                 "and run more at once as array tasks (cli.py slurm --total_jobs N)"
             )
         return 1
-    if requested is None:
-        return max(1, min(cores, runs))
-    return requested
+    if requested is not None:
+        return requested
+    k = min(cores, len(costs))
+    if k <= 1 or not on_cpu:
+        return 1
+    # In parallel: the workers' start-up, then the work split k ways.
+    alone = sum(RUN_SECONDS + cost / COST_PER_SECOND for cost in costs)
+    return k if STARTUP_SECONDS + alone / k < alone else 1
 
 
 # --- which run starts next ----------------------------------------------------------------

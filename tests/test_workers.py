@@ -60,11 +60,13 @@ def children(pid: int) -> list[int]:
 def test_parallel_sweep_gives_the_sequential_results_bit_for_bit(project, tmp_path, capsys):
     project.defs(FOUR)
     assert main(project.args("--workers", "1")) == 0  # in this process
-    assert "workers on" not in capsys.readouterr().err
+    assert "worker process" not in capsys.readouterr().err
     parallel = tmp_path / "parallel"
     assert main(into(project, parallel, "--workers", "2")) == 0
     err = capsys.readouterr().err
-    assert "2 workers on" in err and "[sweep] ran 4: 4 completed" in err, err
+    assert (
+        re.search(r"worker process(es)? on \d+ cores", err) and "[sweep] ran 4: 4 completed" in err
+    ), err
     assert len(re.findall(r"\[sweep\] run \d/4 g/\w \(run, pid \d+, 1 thread", err)) == 4
     for label in "abcd":
         one = project.result("g", label)
@@ -284,12 +286,30 @@ def test_cores_come_from_the_affinity_and_slurm_and_omp_caps_threads():
     assert pool.thread_cap(8, {"OMP_NUM_THREADS": "64"}) == 8
 
 
+DEFAULT_RUN = 300 * 32 * 64 * (32**2 + 4096)  # the cost of a width-32 run of configs/sweep.yaml
+
+
 @pytest.mark.parametrize(
-    "requested, runs, cores, expected",
-    [(None, 40, 2, 2), (None, 1, 16, 1), (None, 0, 4, 1), (3, 40, 2, 3), (1, 40, 16, 1)],
+    "requested, runs, cost, cores, expected",
+    [
+        (None, 40, DEFAULT_RUN, 2, 2),  # the default sweep: one worker per core
+        (None, 40, DEFAULT_RUN, 64, 40),  # no more workers than runs
+        (None, 1, DEFAULT_RUN, 16, 1),
+        (None, 0, DEFAULT_RUN, 4, 1),
+        (None, 4, 1e6, 2, 1),  # four tiny runs: starting workers would take longer
+        (None, 40, 1e6, 2, 2),  # forty: ~40 s alone, ~25 s on two workers
+        (3, 40, DEFAULT_RUN, 2, 3),  # a number is taken as given
+        (2, 2, 1e6, 16, 2),
+        (1, 40, DEFAULT_RUN, 16, 1),
+    ],
 )
-def test_auto_is_one_worker_per_core_but_no_more_than_the_runs(requested, runs, cores, expected):
-    assert pool.resolve_workers(requested, runs, cores, slurm=False) == expected
+def test_auto_is_one_worker_per_core_where_workers_pay(requested, runs, cost, cores, expected):
+    assert pool.resolve_workers(requested, [cost] * runs, cores, slurm=False) == expected
+
+
+def test_auto_is_one_worker_for_runs_on_an_accelerator():
+    assert pool.resolve_workers(None, [DEFAULT_RUN] * 40, 16, slurm=False, on_cpu=False) == 1
+    assert pool.resolve_workers(4, [DEFAULT_RUN] * 40, 16, slurm=False, on_cpu=False) == 4
 
 
 # --- the flag ----------------------------------------------------------------------------
@@ -312,9 +332,9 @@ def test_under_srun_auto_is_one_worker_and_more_is_refused(project, monkeypatch,
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "sweep")
     assert sweep.under_slurm()
-    assert pool.resolve_workers(None, 40, 16, slurm=True) == 1
+    assert pool.resolve_workers(None, [DEFAULT_RUN] * 40, 16, slurm=True) == 1
     with pytest.raises(ConfigError, match="--workers 4: under srun"):
-        pool.resolve_workers(4, 40, 16, slurm=True)
+        pool.resolve_workers(4, [DEFAULT_RUN] * 40, 16, slurm=True)
     assert main(project.args("--workers", "2")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error: --workers 2: under srun" in err[0] and "--total_jobs" in err[0]
