@@ -9,9 +9,11 @@ unknown key, and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
+import time
 import warnings
 
 import torch
@@ -66,8 +68,8 @@ class LSTMLightningCLI(LightningCLI):
             "--progress_refresh_rate",
             type=int,
             default=20,
-            help="Redraw the progress bar every N steps (a redraw costs more "
-            "than a narrow LSTM step).",
+            help="Redraw the progress bar every N steps, at most twice a second (a redraw "
+            "costs more than a narrow LSTM step).",
         )
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
@@ -88,22 +90,27 @@ class LSTMLightningCLI(LightningCLI):
 
 
 class StepProgressBar(TQDMProgressBar):
-    """The training bar counts optimizer steps and redraws every ``refresh_rate`` of them,
-    however many steps a Lightning batch holds (``steps_per_batch``, set by the CLI)."""
+    """The training bar counts optimizer steps, however many steps a Lightning batch holds
+    (``steps_per_batch``, set by the CLI), and redraws every ``refresh_rate`` of them but
+    at most every ``min_interval`` seconds: a redraw (~1 ms) outlasts a narrow LSTM step."""
 
     steps_per_batch = 1
+    min_interval = 0.5
+    clock = staticmethod(time.monotonic)
+    _drawn = -math.inf  # clock() at the last redraw
 
     @property
     def total_train_batches(self) -> int | float:
         return super().total_train_batches * self.steps_per_batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        bar = self.train_progress_bar
-        if bar is None or not self.is_enabled:
+        if not self.is_enabled:
             return
-        steps = (batch_idx + 1) * self.steps_per_batch  # this epoch's, after this batch
-        if steps % self.refresh_rate < self.steps_per_batch or steps == bar.total:
-            bar.n = steps
+        bar = self.train_progress_bar
+        steps, now = (batch_idx + 1) * self.steps_per_batch, self.clock()  # this epoch's
+        due = steps % self.refresh_rate < self.steps_per_batch  # crossed a multiple
+        if (due and now - self._drawn >= self.min_interval) or steps == bar.total:
+            self._drawn, bar.n = now, steps
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar once
 
 

@@ -5,13 +5,14 @@ checkpoints; settings keep counting optimizer steps; a K that cannot keep them i
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lstm_lightning.module
-from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, build_cli, main
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, StepProgressBar, build_cli, main
 from lstm_lightning.data import resolve_steps_per_batch
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.module import LanguageModel, idle_wrappers, restack_progress
@@ -138,6 +139,21 @@ def test_ddp_takes_one_step_a_batch(tiny):
 def test_accumulating_gradients_is_refused(tiny):
     with pytest.raises(ConfigError, match="accumulate_grad_batches is not supported"):
         build_cli(tiny("--trainer.accumulate_grad_batches", "2"), run=False)
+
+
+def test_the_progress_bar_counts_steps_and_redraws_at_most_twice_a_second(monkeypatch):
+    # 10 steps a batch, 0.1 s a batch: a multiple of 20 steps every 0.2 s, a redraw every
+    # 0.6 s (the first multiple 0.5 s after the last redraw), and one at the epoch's end.
+    bar = StepProgressBar(refresh_rate=20)
+    bar.steps_per_batch = 10
+    drawn = []
+    bar.train_progress_bar = SimpleNamespace(n=0, total=460)
+    bar.train_progress_bar.set_postfix = lambda metrics: drawn.append(bar.train_progress_bar.n)
+    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: {})
+    for batch_idx in range(46):
+        bar.clock = lambda seconds=(batch_idx + 1) / 10: seconds
+        bar.on_train_batch_end(None, None, None, None, batch_idx)
+    assert drawn == [20, 80, 140, 200, 260, 320, 380, 440, 460]
 
 
 # --- same results for every K --------------------------------------------------------------
