@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(Path(args.out), data)
     digest = hashlib.sha256(data).hexdigest()[:16]
-    print(f"wrote {args.out}: {len(data)} bytes, {len(set(data.decode()))} characters, sha256 {digest}")
+    print(
+        f"wrote {args.out}: {len(data)} bytes, {len(set(data.decode()))} characters, sha256 {digest}"
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, build_cli, main
 from lstm_lightning.module import LanguageModel
+from scripts import stdlib_corpus
 
 CONFIGS = sorted(glob.glob(str(Path(__file__).parent.parent / "configs" / "*.yaml")))
 
@@ -22,7 +23,10 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: Path(p).name)
-def test_every_config_parses_and_links_the_vocabulary(config):
+def test_every_config_parses_and_links_the_vocabulary(config, tmp_path, monkeypatch):
+    # configs/sweep_stdlib.yaml reads data/stdlib.txt, which its script writes first.
+    monkeypatch.chdir(tmp_path)
+    assert stdlib_corpus.main(["--out", "data/stdlib.txt", "--bytes", "200000"]) == 0
     cli = build_cli(["--config", config, "--trainer.logger", "false"], run=False)
     assert isinstance(cli.model, LanguageModel)
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
