@@ -373,17 +373,25 @@ LSTM_ADAM_SP_SCALING = scaling_group("LSTM_ADAM_SP_SCALING", "adam", "sp", SCALI
 # rates x 3 seeds = 384 runs. Under muP each optimizer's best rate should stay put
 # across widths; under SP it drifts. Seeds vary the init (seed_everything) on one task.
 TRANSFER_SEEDS = (0, 1, 2)
-MUP_SCALING_EXPERIMENTS = create_multi_seed_experiments(
-    _group(
-        "MUP_SCALING_EXPERIMENTS",
-        [
-            sub
-            for opt in ("sgd", "adam")
-            for par in ("sp", "mup")
-            for sub in scaling_group("T", opt, par, TRANSFER_WIDTHS)["subexperiments"]
-        ],
-    ),
-    TRANSFER_SEEDS,
+
+
+def transfer_group(
+    name: str, widths: Iterable[int], rates: dict[str, Iterable[float]], seeds: Iterable[int]
+) -> Group:
+    """{sgd, adam} x {sp, mup} x ``widths`` x ``rates[optimizer]`` x ``seeds``, one group."""
+    subs = [
+        sub
+        for opt in ("sgd", "adam")
+        for par in ("sp", "mup")
+        for sub in generate_lr_sweep_experiment(width_group(name, opt, par, widths), rates[opt])[
+            "subexperiments"
+        ]
+    ]
+    return create_multi_seed_experiments(_group(name, subs), seeds)
+
+
+MUP_SCALING_EXPERIMENTS = transfer_group(
+    "MUP_SCALING_EXPERIMENTS", TRANSFER_WIDTHS, LR_SWEEPS, TRANSFER_SEEDS
 )
 
 # The width extension (docs/results.md): from width 16 to 128, SP's best lr moved 0.7
@@ -392,20 +400,7 @@ MUP_SCALING_EXPERIMENTS = create_multi_seed_experiments(
 # both parametrizations' optima (24 runs, ~45 s each on one core). Run it into the
 # study's runs folder: the report joins it to the panels.
 WIDTH_EXTENSION_RATES = {"sgd": SGD_LR_SWEEP[2:], "adam": ADAM_LR_SWEEP[1:7]}
-WIDTH_EXTENSION = create_multi_seed_experiments(
-    _group(
-        "WIDTH_EXTENSION",
-        [
-            sub
-            for opt in ("sgd", "adam")
-            for par in ("sp", "mup")
-            for sub in generate_lr_sweep_experiment(
-                width_group("T", opt, par, [256]), WIDTH_EXTENSION_RATES[opt]
-            )["subexperiments"]
-        ],
-    ),
-    (0,),
-)
+WIDTH_EXTENSION = transfer_group("WIDTH_EXTENSION", [256], WIDTH_EXTENSION_RATES, (0,))
 
 # A plain learning-rate sweep at one width (Adam, muP): 12 runs, about a minute.
 LSTM_LR_EXPERIMENTS = generate_lr_sweep_experiment(
