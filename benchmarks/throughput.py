@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from lstm_lightning.cli import build_cli
+from lstm_lightning.fit import build_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "benchmarks" / "README.md"

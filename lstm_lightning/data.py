@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lstm_lightning import synthetic
 from lstm_lightning.errors import ConfigError, check
+from lstm_lightning.fused import stack_steps
 
 Source = Literal["synthetic", "text", "tokens"]
 Batching = Literal["windows", "contiguous"]
@@ -46,9 +47,6 @@ Batching = Literal["windows", "contiguous"]
 # The synthetic corpus is made of independent stationary chains of this length; the
 # floor computation resets the HMM belief at each chain start, so it stays exact.
 SYNTHETIC_CHAIN_LEN = 4096
-# The largest K that ``steps_per_batch: auto`` picks: at width 16 Lightning's ~1.4 ms of
-# fixed cost per batch is then under 0.1 ms a step.
-MAX_STEPS_PER_BATCH = 16
 
 
 @dataclass
@@ -86,45 +84,6 @@ class TokenWindows(Dataset):
 def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     """Collate for ``TokenWindows``: ``__getitems__`` already returns the stacked batch."""
     return batch
-
-
-def stack_steps(batch: torch.Tensor, steps: int) -> torch.Tensor:
-    """Collate for training: (K * B, T+1) from ``__getitems__`` -> (K, B, T+1), one batch a step."""
-    return batch.view(steps, -1, batch.shape[-1])
-
-
-def resolve_steps_per_batch(
-    requested: int | Literal["auto"], counts: dict[str, int], only_one: str | None = None
-) -> int:
-    """K for ``data.steps_per_batch``: every count of optimizer steps must fall on a batch edge.
-
-    ``counts`` names each setting counted in steps, e.g. ``{"trainer.max_steps": 1000}``;
-    ``only_one`` says why K must be 1 (e.g. DDP), or is None. ``auto`` is the largest K up
-    to ``MAX_STEPS_PER_BATCH`` that divides every count; an explicit K that does not is a
-    ``ConfigError`` naming both settings.
-
-    >>> resolve_steps_per_batch("auto", {"trainer.max_steps": 1000, "trainer.log_every_n_steps": 50})
-    10
-    """
-    if requested == "auto":
-        if only_one is not None:
-            return 1
-        fits = [
-            k for k in range(1, MAX_STEPS_PER_BATCH + 1) if all(c % k == 0 for c in counts.values())
-        ]
-        return fits[-1]
-    check(
-        requested == 1 or only_one is None,
-        f"data.steps_per_batch={requested} needs {only_one}; use data.steps_per_batch: auto",
-    )
-    for name, count in counts.items():
-        check(
-            count % requested == 0,
-            f"data.steps_per_batch={requested} must divide {name}={count} (a Lightning batch "
-            f"holds {requested} optimizer steps); use a divisor of {count} or "
-            "data.steps_per_batch: auto",
-        )
-    return requested
 
 
 def window_starts(n: int, seq_len: int, phase: int = 0, shifting: bool = False) -> np.ndarray:

@@ -17,7 +17,6 @@ very callbacks ``LightningOptimizer.step`` calls; anywhere else it goes through 
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import sys
@@ -26,19 +25,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
+from lstm_lightning.fused import idle_wrappers, restack_progress
 from lstm_lightning.model import LSTMLM, State, detach_state
 from lstm_lightning.schedule import Schedule, lr_factor
 
@@ -361,65 +356,6 @@ class LanguageModel(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-
-def idle_wrappers(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether Lightning's backward and optimizer-step wrappers would only call hooks that do
-    nothing: the strategy and precision add nothing (one process, 32-bit), no callback
-    listens to the backward or step hooks, the module overrides none but
-    ``on_before_optimizer_step``, and no profiler times them."""
-    strategy_adds = any(
-        getattr(type(trainer.strategy), name) is not getattr(Strategy, name)
-        for name in ("backward", "pre_backward", "post_backward", "optimizer_step")
-    )
-    hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-    listening = any(is_overridden(h, cb, Callback) for cb in trainer.callbacks for h in hooks)
-    module_hooks = ("backward", "on_before_backward", "on_after_backward")
-    overridden = any(is_overridden(h, module, L.LightningModule) for h in module_hooks)
-    return (
-        type(trainer.precision_plugin) is Precision
-        and isinstance(trainer.profiler, PassThroughProfiler)
-        and not (strategy_adds or listening or overridden)
-    )
-
-
-def restack_progress(checkpoint: dict, steps_per_batch: int) -> None:
-    """Make a checkpoint's training progress count Lightning batches of ``steps_per_batch``.
-
-    Lightning counts batches (the data position is read from that count); a checkpoint
-    written with K steps a batch counted stacks of K. One written before batches held
-    several steps (automatic optimization, K = 1) kept its step count elsewhere: it moves
-    to where manual optimization keeps it, so ``global_step`` resumes where it stopped.
-    """
-    loop = checkpoint.get("loops", {}).get("fit_loop")
-    if loop is None:
-        return
-    written = checkpoint.get("steps_per_batch")
-    if written is None:
-        written = 1
-        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
-        if automatic is not None:
-            steps = copy.deepcopy(automatic["optimizer"]["step"])
-            loop["epoch_loop.manual_optimization.optim_step_progress"] = steps
-    if written == steps_per_batch:
-        return
-    progress = loop["epoch_loop.batch_progress"]
-    for part, where in (("total", "the run"), ("current", "its epoch")):
-        counts = progress[part]
-        steps = counts["ready"] * written  # checkpoints are written after a batch's steps
-        check(
-            steps % steps_per_batch == 0,
-            f"--ckpt_path: the checkpoint stopped {steps} steps into {where}, not a multiple of "
-            f"data.steps_per_batch={steps_per_batch}; use a divisor of {steps} or "
-            "data.steps_per_batch: auto",
-        )
-        # Keep the lag of the other counters: it tells Lightning whether the checkpoint
-        # was written at the end of the batch (completed one behind) or after it.
-        ready = steps // steps_per_batch
-        for key in ("started", "processed", "completed"):
-            counts[key] = ready - (counts["ready"] - counts[key])
-        counts["ready"] = ready
-    checkpoint["steps_per_batch"] = steps_per_batch
 
 
 def validate_hparams(hp) -> None:

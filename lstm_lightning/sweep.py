@@ -44,6 +44,7 @@ from lstm_lightning import workers as pool
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import read_json, write_atomic, write_json_atomic
+from lstm_lightning.fit import build_cli, one_line, parser_only
 from lstm_lightning.module import LanguageModel, validate_hparams
 from lstm_lightning.requeue import Requeued
 
@@ -197,7 +198,6 @@ def _teach(fn, *args):
 
 def config_parser(base_config: str):
     """The parser of ``cli.py fit`` (built once) and the base config as a dict."""
-    from lstm_lightning.cli import parser_only
 
     with open(base_config, encoding="utf-8") as f:
         base = yaml.safe_load(f) or {}
@@ -258,8 +258,6 @@ def resolve(run: Run, parser, base: dict, runs_dir: Path, extra: dict | None = N
     try:
         run.config = parser.parse_object(tree)
     except Exception as err:  # jsonargparse's ArgumentError or a type error
-        from lstm_lightning.cli import one_line
-
         raise ConfigError(f"{where}: {one_line(err)}") from None
     check_values(run.config, where)
     run.text = parser.dump(run.config, skip_none=False)
@@ -413,8 +411,6 @@ def execute(run: Run) -> dict | None:
     Every rank parses the same resolved text (not the file, which rank 0 may still be
     writing); a resumed run starts from its newest checkpoint.
     """
-    from lstm_lightning.cli import build_cli
-
     if is_writer():
         if run.action == "run":
             clear(run.dir)

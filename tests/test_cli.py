@@ -9,7 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, build_cli, main
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
+from lstm_lightning.fit import build_cli
 from lstm_lightning.module import LanguageModel
 from scripts import stdlib_corpus
 

@@ -12,10 +12,16 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lstm_lightning.module
-from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, StepProgressBar, build_cli, main
-from lstm_lightning.data import resolve_steps_per_batch
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
 from lstm_lightning.errors import ConfigError
-from lstm_lightning.module import LanguageModel, idle_wrappers, restack_progress
+from lstm_lightning.fit import build_cli
+from lstm_lightning.fused import (
+    StepProgressBar,
+    idle_wrappers,
+    resolve_steps_per_batch,
+    restack_progress,
+)
+from lstm_lightning.module import LanguageModel
 
 # 24 steps, a validation every 8, a log every 4, a checkpoint every 8: auto picks K = 4.
 SETTINGS = ["--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "4"]

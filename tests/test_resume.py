@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lstm_lightning.cli import main
-from lstm_lightning.module import restack_progress
+from lstm_lightning.fused import restack_progress
 from tests.test_cli import scalars
 
 # 4096 tokens make epochs of 28 steps: stopping at 36 stops inside epoch 1, with dropout

@@ -1,0 +1,234 @@
+"""Fused optimizer steps: K consecutive batches in one Lightning batch, one optimizer step each.
+
+Lightning's fixed cost per training batch (~1.4 ms) is more than a fifth of a width-16
+LSTM step. With ``data.steps_per_batch`` = K, the training loader yields a (K, B, T+1)
+stack and ``LanguageModel.training_step`` takes one optimizer step per sub-batch, so the
+fixed cost is paid once per K steps. Every setting keeps counting optimizer steps.
+
+Everything K needs lives here: the resolver, the collate that stacks, the settings that
+Lightning counts in batches, the progress bar, the direct-step test and the conversion
+of a checkpoint's batch counts between K. (This module is the redesign's landing place;
+see issue 10.)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lstm_lightning.errors import check
+
+if TYPE_CHECKING:
+    from lstm_lightning.data import SequenceDataModule
+
+
+# The largest K that ``steps_per_batch: auto`` picks: at width 16 Lightning's ~1.4 ms of
+# fixed cost per batch is then under 0.1 ms a step.
+MAX_STEPS_PER_BATCH = 16
+
+
+def stack_steps(batch: torch.Tensor, steps: int) -> torch.Tensor:
+    """Collate for training: (K * B, T+1) from ``__getitems__`` -> (K, B, T+1), one batch a step."""
+    return batch.view(steps, -1, batch.shape[-1])
+
+
+def resolve_steps_per_batch(
+    requested: int | Literal["auto"], counts: dict[str, int], only_one: str | None = None
+) -> int:
+    """K for ``data.steps_per_batch``: every count of optimizer steps must fall on a batch edge.
+
+    ``counts`` names each setting counted in steps, e.g. ``{"trainer.max_steps": 1000}``;
+    ``only_one`` says why K must be 1 (e.g. DDP), or is None. ``auto`` is the largest K up
+    to ``MAX_STEPS_PER_BATCH`` that divides every count; an explicit K that does not is a
+    ``ConfigError`` naming both settings.
+
+    >>> resolve_steps_per_batch("auto", {"trainer.max_steps": 1000, "trainer.log_every_n_steps": 50})
+    10
+    """
+    if requested == "auto":
+        if only_one is not None:
+            return 1
+        fits = [
+            k for k in range(1, MAX_STEPS_PER_BATCH + 1) if all(c % k == 0 for c in counts.values())
+        ]
+        return fits[-1]
+    check(
+        requested == 1 or only_one is None,
+        f"data.steps_per_batch={requested} needs {only_one}; use data.steps_per_batch: auto",
+    )
+    for name, count in counts.items():
+        check(
+            count % requested == 0,
+            f"data.steps_per_batch={requested} must divide {name}={count} (a Lightning batch "
+            f"holds {requested} optimizer steps); use a divisor of {count} or "
+            "data.steps_per_batch: auto",
+        )
+    return requested
+
+
+class StepProgressBar(TQDMProgressBar):
+    """The training bar counts optimizer steps, however many steps a Lightning batch holds
+    (``steps_per_batch``, set by the CLI), and redraws every ``refresh_rate`` of them but
+    at most every ``min_interval`` seconds: a redraw (~1 ms) outlasts a narrow LSTM step."""
+
+    steps_per_batch = 1
+    min_interval = 0.5
+    clock = staticmethod(time.monotonic)
+    _drawn = -math.inf  # clock() at the last redraw
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return super().total_train_batches * self.steps_per_batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.is_enabled:
+            return
+        bar = self.train_progress_bar
+        steps, now = (batch_idx + 1) * self.steps_per_batch, self.clock()  # this epoch's
+        due = steps % self.refresh_rate < self.steps_per_batch  # crossed a multiple
+        if (due and now - self._drawn >= self.min_interval) or steps == bar.total:
+            self._drawn, bar.n = now, steps
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar once
+
+
+def fuse_steps(trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None) -> None:
+    """Resolve ``data.steps_per_batch`` (K) and make the settings that Lightning counts in
+    batches count batches of K steps, so that every setting keeps its meaning in steps.
+
+    ``max_steps``, ``log_every_n_steps`` and ``every_n_train_steps`` need no change: the
+    model counts ``global_step`` and Lightning's logging counter per step.
+    ``val_check_interval`` and ``limit_train_batches`` are divided by K.
+    """
+    check(
+        trainer.accumulate_grad_batches == 1,
+        "trainer.accumulate_grad_batches is not supported (each training batch takes its own "
+        "optimizer steps); raise data.batch_size instead",
+    )
+    for callback in trainer.checkpoint_callbacks:
+        check(
+            callback._train_time_interval is None,
+            "checkpoint.train_time_interval is not supported (Lightning ignores it under manual "
+            "optimization); use checkpoint.every_n_train_steps",
+        )
+    counts, only_one = step_counts(trainer, data, ckpt_path)
+    k = resolve_steps_per_batch(data.hparams.steps_per_batch, counts, only_one)
+    data.steps_per_batch = k
+    if isinstance(trainer.progress_bar_callback, StepProgressBar):
+        trainer.progress_bar_callback.steps_per_batch = k
+    if k == 1:
+        return
+    epoch = train_steps(trainer, data)
+    interval = trainer.val_check_interval
+    if isinstance(interval, int):
+        trainer.val_check_interval = interval // k
+    elif isinstance(interval, float) and interval != 1.0:
+        trainer.val_check_interval = int(epoch * interval) // k
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) or limit != 1.0:
+        trainer.limit_train_batches = epoch // k
+
+
+def train_steps(trainer: Trainer, data: SequenceDataModule) -> int:
+    """Optimizer steps in one training epoch, ``trainer.limit_train_batches`` applied."""
+    steps, limit = data.train_steps_per_epoch(), trainer.limit_train_batches
+    return min(steps, limit) if isinstance(limit, int) else int(steps * limit)
+
+
+def step_counts(
+    trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None
+) -> tuple[dict[str, int], str | None]:
+    """Every count of optimizer steps that must fall on a batch edge, by name, and why a
+    batch can hold only one step (or None)."""
+    if trainer.world_size > 1:
+        return {}, f"one process: under DDP ({trainer.world_size}) a forward has one backward"
+    if trainer.max_steps == -1 or trainer.max_epochs not in (None, -1):
+        return {}, "trainer.max_steps and no trainer.max_epochs (the schedule counts steps)"
+    counts = {"trainer.max_steps": trainer.max_steps}
+    if trainer.log_every_n_steps > 0:
+        counts["trainer.log_every_n_steps"] = trainer.log_every_n_steps
+    epoch = train_steps(trainer, data)
+    interval = trainer.val_check_interval
+    if isinstance(interval, int):
+        counts["trainer.val_check_interval"] = interval
+    elif isinstance(interval, float) and interval != 1.0:
+        counts[f"trainer.val_check_interval ({interval} of {epoch} steps)"] = int(epoch * interval)
+    for callback in trainer.checkpoint_callbacks:
+        if callback._every_n_train_steps > 0:
+            counts["checkpoint.every_n_train_steps"] = callback._every_n_train_steps
+    if trainer.max_steps > epoch:  # the run crosses an epoch's end
+        counts["the steps of a training epoch"] = epoch
+    if ckpt_path is not None and os.path.isfile(ckpt_path):
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        counts["the checkpoint's step (--ckpt_path)"] = checkpoint.get("global_step", 0)
+    return counts, None
+
+
+def idle_wrappers(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether Lightning's backward and optimizer-step wrappers would only call hooks that do
+    nothing: the strategy and precision add nothing (one process, 32-bit), no callback
+    listens to the backward or step hooks, the module overrides none but
+    ``on_before_optimizer_step``, and no profiler times them."""
+    strategy_adds = any(
+        getattr(type(trainer.strategy), name) is not getattr(Strategy, name)
+        for name in ("backward", "pre_backward", "post_backward", "optimizer_step")
+    )
+    hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+    listening = any(is_overridden(h, cb, Callback) for cb in trainer.callbacks for h in hooks)
+    module_hooks = ("backward", "on_before_backward", "on_after_backward")
+    overridden = any(is_overridden(h, module, L.LightningModule) for h in module_hooks)
+    return (
+        type(trainer.precision_plugin) is Precision
+        and isinstance(trainer.profiler, PassThroughProfiler)
+        and not (strategy_adds or listening or overridden)
+    )
+
+
+def restack_progress(checkpoint: dict, steps_per_batch: int) -> None:
+    """Make a checkpoint's training progress count Lightning batches of ``steps_per_batch``.
+
+    Lightning counts batches (the data position is read from that count); a checkpoint
+    written with K steps a batch counted stacks of K. One written before batches held
+    several steps (automatic optimization, K = 1) kept its step count elsewhere: it moves
+    to where manual optimization keeps it, so ``global_step`` resumes where it stopped.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if loop is None:
+        return
+    written = checkpoint.get("steps_per_batch")
+    if written is None:
+        written = 1
+        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
+        if automatic is not None:
+            steps = copy.deepcopy(automatic["optimizer"]["step"])
+            loop["epoch_loop.manual_optimization.optim_step_progress"] = steps
+    if written == steps_per_batch:
+        return
+    progress = loop["epoch_loop.batch_progress"]
+    for part, where in (("total", "the run"), ("current", "its epoch")):
+        counts = progress[part]
+        steps = counts["ready"] * written  # checkpoints are written after a batch's steps
+        check(
+            steps % steps_per_batch == 0,
+            f"--ckpt_path: the checkpoint stopped {steps} steps into {where}, not a multiple of "
+            f"data.steps_per_batch={steps_per_batch}; use a divisor of {steps} or "
+            "data.steps_per_batch: auto",
+        )
+        # Keep the lag of the other counters: it tells Lightning whether the checkpoint
+        # was written at the end of the batch (completed one behind) or after it.
+        ready = steps // steps_per_batch
+        for key in ("started", "processed", "completed"):
+            counts[key] = ready - (counts["ready"] - counts[key])
+        counts["ready"] = ready
+    checkpoint["steps_per_batch"] = steps_per_batch
