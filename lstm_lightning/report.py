@@ -66,27 +66,23 @@ from matplotlib.lines import Line2D
 
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import write_atomic
+from lstm_lightning.results import FIELDS, FILE, HPARAMS, METRICS, OBJ, STATUSES, ResultError
+from lstm_lightning.results import read as read_result
 
-SCHEMA = 1
-STATUSES = ("completed", "diverged", "failed")
 PARAM_ORDER = ("sp", "mup")
 OPT_ORDER = ("sgd", "adam", "adamw")
 NAMES = {"sp": "SP", "mup": "muP", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-REQUIRED_HPARAMS = ("parametrization", "optimizer", "hidden_size", "learning_rate", "seed")
+TRANSFER_SCHEMA = 1  # transfer.json's schema version
 
-# results.csv: each column, and the section of result.json that it comes from.
-_HPARAM_COLUMNS = (
-    *("parametrization", "optimizer", "hidden_size", "learning_rate", "seed"),
-    *("num_layers", "batch_size", "seq_len", "max_steps"),
+# results.csv: every field of the result schema that holds a value, hparams and metrics
+# spread into a column each ("val/loss" -> "val_loss").
+_METRIC_COLUMNS = {name.replace("/", "_"): name for name in METRICS}
+_TOP_COLUMNS = tuple(
+    key
+    for key, (types, _) in FIELDS.items()
+    if OBJ not in types and key not in ("schema", "group", "label", "status")
 )
-_METRIC_COLUMNS = {
-    "train_loss": "train/loss",
-    "val_loss": "val/loss",
-    "val_loss_best": "val/loss_best",
-    "val_loss_floor": "val/loss_floor",
-}
-_TOP_COLUMNS = ("steps", "tokens_per_second", "wall_seconds", "diverged_at_step", "world_size")
-CSV_COLUMNS = ("group", "label", "status", *_HPARAM_COLUMNS, *_METRIC_COLUMNS, *_TOP_COLUMNS)
+CSV_COLUMNS = ("group", "label", "status", *HPARAMS, *_METRIC_COLUMNS, *_TOP_COLUMNS)
 
 # What write_report writes, in order: the file name is the key with "_" -> ".".
 OUTPUTS = ("results_csv", "report_md", "transfer_png", "transfer_json")
@@ -106,62 +102,18 @@ def load_results(runs_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     ``ValueError``) when the directory holds no result.json at all.
     """
     root = Path(runs_dir)
-    paths = sorted(root.rglob("result.json")) if root.is_dir() else []
+    paths = sorted(root.rglob(FILE)) if root.is_dir() else []
     if not paths:
         raise ConfigError(
             f"no result.json found below {root}; run `python cli.py sweep --runs_dir {root}` first"
         )
-    results, warnings = [], []
+    found, warnings = [], []
     for path in paths:
         try:
-            results.append({**_read_result(path), "path": str(path)})
-        except ValueError as err:
+            found.append({**read_result(path), "path": str(path)})
+        except ResultError as err:
             warnings.append(f"skipped {path}: {err}")
-    return results, warnings
-
-
-def _read_result(path: Path) -> dict:
-    """Parse and check one result.json; raise ``ValueError`` saying what is wrong."""
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"cannot read it ({err.strerror or err})") from err
-    except ValueError as err:  # JSONDecodeError or UnicodeDecodeError
-        raise ValueError(f"not valid UTF-8 JSON ({err})") from err
-    _check_result(result)
-    return result
-
-
-def _check_result(result: object) -> None:
-    """Raise ``ValueError`` unless ``result`` has every field the report relies on."""
-    if not isinstance(result, dict):
-        raise ValueError(f"expected a JSON object, got a {type(result).__name__}")
-    if result.get("schema") != SCHEMA:
-        raise ValueError(f"schema is {result.get('schema')!r}; this report reads schema {SCHEMA}")
-    for key in ("group", "label"):
-        if not isinstance(result.get(key), str):
-            raise ValueError(f"{key} is missing or not a string")
-    if result.get("status") not in STATUSES:
-        raise ValueError(f"status {result.get('status')!r} is not one of {', '.join(STATUSES)}")
-    hparams, metrics = result.get("hparams"), result.get("metrics")
-    if not isinstance(hparams, dict) or not isinstance(metrics, dict):
-        raise ValueError("hparams and metrics must both be JSON objects")
-    missing = [key for key in REQUIRED_HPARAMS if hparams.get(key) is None]
-    if missing:
-        raise ValueError(f"hparams lacks {', '.join(missing)}")
-    _check_numbers(hparams, metrics)
-
-
-def _check_numbers(hparams: dict, metrics: dict) -> None:
-    """The values the report computes with must be numbers: a string would crash it later."""
-    width, lr = hparams["hidden_size"], hparams["learning_rate"]
-    if not _is_number(width) or width != int(width) or width <= 0:
-        raise ValueError(f"hparams.hidden_size {width!r} is not a positive integer")
-    if not _is_number(lr) or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"hparams.learning_rate {lr!r} is not a positive number")
-    for key, value in metrics.items():
-        if value is not None and not _is_number(value):
-            raise ValueError(f"metrics.{key} {value!r} is neither a number nor null")
+    return found, warnings
 
 
 def _is_number(value: object) -> bool:
@@ -662,9 +614,12 @@ def group_section(group: str, runs: list[dict]) -> list[str]:
 
 
 def _problem_line(r: dict) -> str:
-    """A Markdown bullet for a diverged or failed run: where it diverged, or its error."""
+    """A Markdown bullet for a diverged or failed run: where it diverged, how its worker
+    died, or its error."""
     if r["status"] == "diverged":
         return f"- diverged: `{r['label']}` at step {_fmt(r.get('diverged_at_step'), '.0f')}"
+    if r.get("worker_death"):
+        return f"- failed (worker death): `{r['label']}`: {r['worker_death']}"
     return f"- failed: `{r['label']}`: {r.get('error') or 'no error recorded'}"
 
 
@@ -773,7 +728,7 @@ def transfer_section(metrics: dict) -> list[str]:
 def transfer_json(metrics: dict, runs_dir: str | os.PathLike) -> str:
     """``transfer.json``: ``transfer_metrics`` as strict JSON (NaN and +inf become null)."""
     rule = {"mup_drift_max": MUP_DRIFT_MAX, "sp_drift_min": SP_DRIFT_MIN}
-    doc = {"schema": SCHEMA, "runs_dir": str(runs_dir), "rule": rule, **metrics}
+    doc = {"schema": TRANSFER_SCHEMA, "runs_dir": str(runs_dir), "rule": rule, **metrics}
     return json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n"
 
 

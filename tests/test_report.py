@@ -50,8 +50,10 @@ def write_result(
     val_loss: float | None = 1.9,
     diverged_at_step: int | None = None,
     error: str | None = None,
+    **fields,
 ) -> Path:
-    """Write ``root/group/label/result.json`` exactly as docs/result_schema.md lays it out."""
+    """Write ``root/group/label/result.json`` as schema 1's doc laid it out; ``fields``
+    replace or add top-level fields (``schema=2, worker_death=...``)."""
 
     def loss(delta: float) -> float | None:
         return None if val_loss is None else val_loss + delta
@@ -75,6 +77,7 @@ def write_result(
         "diverged_at_step": diverged_at_step,
         "world_size": 1,
         "error": error,
+        **fields,
     }  # fmt: skip
     path = root / group / label / "result.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,11 +171,11 @@ def test_csv_has_one_row_per_run_in_path_order(sweep):
     ]
     # fmt: off
     assert rows[1] == ["MUP_SGD", "a_w16_lr-3_s0", "completed", "mup", "sgd", "16", "0.125",
-                       "0", "1", "32", "64", "300", "1.95", "1.7", "1.575", "1.6", "300",
-                       "350000.0", "5.5", "", "1"]
+                       "0", "1", "32", "64", "300", "32", "1.95", "1.7", "1.575", "1.6", "3f2a",
+                       "300", "350000.0", "5.5", "", "", "1", "", ""]
     assert rows[3] == ["MUP_SGD", "c_w16_lr-2_s0", "diverged", "mup", "sgd", "16", "0.25",
-                       "0", "1", "32", "64", "300", "", "", "", "1.6", "12",
-                       "350000.0", "5.5", "12", "1"]
+                       "0", "1", "32", "64", "300", "32", "", "", "", "1.6", "3f2a", "12",
+                       "350000.0", "5.5", "12", "", "1", "", ""]
     # fmt: on
 
 
@@ -269,6 +272,23 @@ def test_report_md_has_group_tables_problems_and_best_lr_tables(sweep):
     assert "### SP, Adam" in best and "### muP, SGD" in best
     assert best.index("### SP, Adam") < best.index("### muP, SGD")
     assert ["16", "0.0625", "-4.00 ± 1.00", "1.6500 ± 0.0500", "2"] in md_rows(best)
+
+
+def test_a_worker_death_is_listed_as_one(tmp_path):
+    death = "worker died with signal 9 (SIGKILL, e.g. the out-of-memory killer)"
+    write_result(tmp_path, "G", "ok")
+    write_result(tmp_path, "G", "v2", status="failed", val_loss=None, schema=2,
+                 resumed_from_step=None, worker_death=death)  # fmt: skip
+    write_result(tmp_path, "G", "v1", status="failed", val_loss=None, error=death)  # schema 1
+    write_result(tmp_path, "G", "oom", status="failed", val_loss=None, schema=2,
+                 resumed_from_step=4, worker_death=None, error="RuntimeError: oom")  # fmt: skip
+    out = write_report(tmp_path)
+    text = out["report_md"].read_text(encoding="utf-8")
+    assert out["warnings"] == []
+    assert f"- failed (worker death): `v2`: {death}" in text
+    assert f"- failed (worker death): `v1`: {death}" in text
+    assert "- failed: `oom`: RuntimeError: oom" in text
+    assert "3 failed" in out["table"]
 
 
 # --- transfer.png ---------------------------------------------------------------------
@@ -639,9 +659,9 @@ def test_plot_marks_each_widths_fitted_optimum(transfer_sweep):
 @pytest.mark.parametrize(
     "content, problem",
     [
-        ("{not json", "not valid UTF-8 JSON"),
+        ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object, got a list"),
-        ('{"schema": 2}', "schema is 2; this report reads schema 1"),
+        ('{"schema": 3}', "schema is 3; this version reads schema 1 or 2"),
         ({"status": "running"}, "status 'running' is not one of completed, diverged, failed"),
         ({"hparams": {"seed": 0}}, "hparams lacks parametrization, optimizer, hidden_size"),
         ({"hparams.learning_rate": "0.1"}, "hparams.learning_rate '0.1' is not a positive"),
@@ -675,7 +695,7 @@ def test_report_lists_skipped_files(tmp_path):
     bad.write_text("", encoding="utf-8")
     out = write_report(tmp_path)
     assert out["warnings"] == [
-        f"skipped {bad}: not valid UTF-8 JSON (Expecting value: line 1 column 1 (char 0))"
+        f"skipped {bad}: not valid JSON (Expecting value: line 1 column 1 (char 0))"
     ]
     assert f"- {out['warnings'][0]}" in out["report_md"].read_text(encoding="utf-8")
     assert "Skipped 1 unreadable result.json" in out["table"]
