@@ -15,24 +15,26 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lstm_lightning import report
+from lstm_lightning import plots, report
 from lstm_lightning.errors import ConfigError
+from lstm_lightning.plots import y_limits
 from lstm_lightning.report import (
     CSV_COLUMNS,
+    format_table,
+    load_results,
+    transfer_json,
+    write_report,
+)
+from lstm_lightning.transfer import (
     best_lr_table,
     fitted_best_lr_table,
     fitted_optimum,
-    format_table,
-    load_results,
     lr_drift,
     parabola_vertex,
     run_loss,
     transfer_curves,
-    transfer_json,
     transfer_metrics,
     wider_is_better,
-    write_report,
-    y_limits,
 )
 
 
@@ -316,7 +318,7 @@ def test_transfer_png_has_one_panel_per_pair(sweep):
     ]
     assert meta[1]["widths"] == [16, 32] and meta[1]["diverged"] == 2
     # A 2 x 2 grid (sp, mup) x (sgd, adam), two cells left out; 5 in per panel + legend.
-    w, h = report.PANEL_SIZE
+    w, h = plots.PANEL_SIZE
     assert png_size(out["transfer_png"]) == (round((2 * w + 1) * 120), round(2 * h * 120))
 
 
@@ -325,7 +327,7 @@ def test_one_pair_gives_one_panel(tmp_path):
         write_result(tmp_path, "G", f"lr{e}", opt="adam", lr=2.0**e, val_loss=2.0 + e / 10)
     out = write_report(tmp_path)
     assert [(m["parametrization"], m["optimizer"]) for m in out["panels"]] == [("mup", "adam")]
-    w, h = report.PANEL_SIZE
+    w, h = plots.PANEL_SIZE
     assert png_size(out["transfer_png"]) == (round((w + 1) * 120), round(h * 120))
 
 
