@@ -76,6 +76,8 @@ def load_results(runs_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     ``ValueError``) when the directory holds no result.json at all.
     """
     root = Path(runs_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"runs_dir {root} is a file, not a folder; give the sweep's runs folder")
     paths = sorted(root.rglob(FILE)) if root.is_dir() else []
     if not paths:
         raise ConfigError(
@@ -337,16 +339,22 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     ``table`` (the best-lr text the CLI prints), ``transfer`` (``transfer_metrics``),
     ``transfer_text`` (its text, which the CLI prints next), ``warnings`` (one line per
     skipped result.json; the CLI prints them) and ``panels`` (the plot's per-panel
-    metadata). Raises ``ConfigError`` when there is no result.json, or none is readable.
+    metadata). Raises ``ConfigError`` when there is no result.json, or none is readable,
+    or when a folder given is a file or ``out_dir`` cannot be made.
     """
+    out = Path(runs_dir if out_dir is None else out_dir)
+    if out_dir is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} is a file, not a folder; give a folder (made if missing)")
     results, warnings = load_results(runs_dir)
     if not results:
         raise ConfigError(
             f"no readable result.json below {runs_dir}: all {len(warnings)} were skipped; "
             f"the first: {warnings[0]}"
         )
-    out = Path(runs_dir if out_dir is None else out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in its path, or no permission
+        raise ConfigError(f"cannot make out_dir {out}: {err.strerror or err}") from None
     rows, metrics = best_lr_table(results), transfer_metrics(results)
     paths = {name: out / name.replace("_", ".") for name in OUTPUTS}
     write_atomic(paths["results_csv"], format_csv(results))

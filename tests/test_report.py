@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lstm_lightning import plots, report
+from lstm_lightning import cli, plots, report
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.plots import y_limits
 from lstm_lightning.report import (
@@ -791,10 +791,35 @@ def test_main_prints_the_table_and_warnings(tmp_path, capsys):
 
 def test_cli_report_on_an_empty_dir_is_one_line(tmp_path, capsys):
     # `cli.py report` builds its flags from report.main's signature and docstring.
-    from lstm_lightning.cli import EXIT_CONFIG_ERROR, main  # imports Lightning: seconds
-
-    assert main(["report", "--runs_dir", str(tmp_path)]) == EXIT_CONFIG_ERROR
+    assert cli.main(["report", "--runs_dir", str(tmp_path)]) == cli.EXIT_CONFIG_ERROR
     assert capsys.readouterr().err == (
         f"error: no result.json found below {tmp_path}; "
         f"run `python cli.py sweep --runs_dir {tmp_path}` first\n"
     )
+
+
+@pytest.mark.parametrize(
+    "flag, problem",
+    [
+        ("--runs_dir", "runs_dir {file} is a file, not a folder; give the sweep's runs folder"),
+        ("--out_dir", "out_dir {file} is a file, not a folder; give a folder (made if missing)"),
+    ],
+)
+def test_cli_report_on_a_file_is_one_line(tmp_path, capsys, flag, problem):
+    runs = tmp_path / "runs"
+    write_result(runs, "G", "x")
+    file = tmp_path / "file.txt"
+    file.write_text("not a folder", encoding="utf-8")
+    args = {"--runs_dir": str(runs), flag: str(file)}
+    argv = ["report", *(item for pair in args.items() for item in pair)]
+    assert cli.main(argv) == cli.EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err == f"error: {problem.format(file=file)}\n"
+    assert file.read_text(encoding="utf-8") == "not a folder"
+
+
+def test_an_out_dir_below_a_file_is_a_clear_error(tmp_path):
+    write_result(tmp_path / "runs", "G", "x")
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    out = tmp_path / "file" / "report"
+    with pytest.raises(ConfigError, match=f"^cannot make out_dir {out}: Not a directory$"):
+        write_report(tmp_path / "runs", out)
