@@ -210,8 +210,8 @@ def _problem_line(r: dict) -> str:
     died, or its error."""
     if r["status"] == "diverged":
         return f"- diverged: `{r['label']}` at step {_fmt(r.get('diverged_at_step'), '.0f')}"
-    if r.get("worker_death"):
-        return f"- failed (worker death): `{r['label']}`: {r['worker_death']}"
+    if r.get("worker_death"):  # its error, when set, also says how to resume it
+        return f"- failed (worker death): `{r['label']}`: {r.get('error') or r['worker_death']}"
     return f"- failed: `{r['label']}`: {r.get('error') or 'no error recorded'}"
 
 

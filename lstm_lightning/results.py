@@ -9,7 +9,7 @@ parses and checks one file, raising ``ResultError`` that says what is wrong.
 Schema 2 added ``resumed_from_step`` to the docs and ``worker_death``, a field where
 schema 1 put a prefix in ``error``. Files of schema 1 are still read: ``read`` returns
 them with every field (``schema`` stays 1), ``resumed_from_step`` null where absent, and
-a failed run's ``error`` that starts with ``worker died`` moved to ``worker_death``.
+``worker_death`` read from a failed run's ``error`` that starts with ``worker died``.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def upgrade(result: dict) -> dict:
     result = {key: result.get(key) for key in FIELDS}
     error = result["error"] or ""
     if result["status"] == "failed" and error.startswith(SCHEMA_1_DEATH):
-        result["worker_death"], result["error"] = error, None
+        result["worker_death"] = error.split("; ")[0]  # "worker died ...; --retry_failed ..."
     return result
 
 

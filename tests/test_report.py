@@ -119,29 +119,22 @@ def test_report_md_has_group_tables_problems_and_best_lr_tables(report_sweep):
 
 def test_a_worker_death_is_listed_as_one(tmp_path, fake_runs):
     death = "worker died with signal 9 (SIGKILL, e.g. the out-of-memory killer)"
-    fake_runs.write_result(tmp_path, "G", "ok")
+    hint = f"{death}; --retry_failed resumes it"  # the runner's error for it
     failed = {"status": "failed", "val_loss": None}
-    fake_runs.write_result(
-        tmp_path, "G", "v2", **failed, schema=2, resumed_from_step=None, worker_death=death
-    )
-    fake_runs.write_result(tmp_path, "G", "v1", **failed, error=death)  # schema 1
-    fake_runs.write_result(
-        tmp_path,
-        "G",
-        "oom",
-        **failed,
-        schema=2,
-        resumed_from_step=4,
-        worker_death=None,
-        error="RuntimeError: oom",
-    )
+    v2 = {**failed, "schema": 2, "resumed_from_step": None}
+    fake_runs.write_result(tmp_path, "G", "ok")
+    fake_runs.write_result(tmp_path, "G", "bare", **v2, worker_death=death)
+    fake_runs.write_result(tmp_path, "G", "runner", **v2, worker_death=death, error=hint)
+    fake_runs.write_result(tmp_path, "G", "schema1", **failed, error=hint)
+    fake_runs.write_result(tmp_path, "G", "oom", **v2, worker_death=None, error="OSError: oom")
     out = write_report(tmp_path)
     text = out["report_md"].read_text(encoding="utf-8")
     assert out["warnings"] == []
-    assert f"- failed (worker death): `v2`: {death}" in text
-    assert f"- failed (worker death): `v1`: {death}" in text
-    assert "- failed: `oom`: RuntimeError: oom" in text
-    assert "3 failed" in out["table"]
+    assert f"- failed (worker death): `bare`: {death}\n" in text
+    assert f"- failed (worker death): `runner`: {hint}\n" in text
+    assert f"- failed (worker death): `schema1`: {hint}\n" in text
+    assert "- failed: `oom`: OSError: oom\n" in text
+    assert "4 failed" in out["table"]
 
 
 def test_report_md_has_the_transfer_section(transfer_sweep):

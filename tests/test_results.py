@@ -198,14 +198,15 @@ def test_a_schema_1_file_is_still_read(tmp_path, with_resume):
 
 
 def test_a_schema_1_worker_death_becomes_the_field(tmp_path):
-    death = "worker died with signal 9 (SIGKILL); --retry_failed resumes it"
+    error = "worker died with signal 9 (SIGKILL); --retry_failed resumes it"
     path = tmp_path / results.FILE
-    path.write_text(json.dumps(schema_1(status="failed", error=death)), encoding="utf-8")
+    path.write_text(json.dumps(schema_1(status="failed", error=error)), encoding="utf-8")
     read = results.read(path)
-    assert (read["worker_death"], read["error"]) == (death, None)
+    assert (read["worker_death"], read["error"]) == ("worker died with signal 9 (SIGKILL)", error)
     own = schema_1(status="failed", error="RuntimeError: worker died")  # the run's own error
     path.write_text(json.dumps(own), encoding="utf-8")
     assert results.read(path)["error"] == "RuntimeError: worker died"
+    assert results.read(path)["worker_death"] is None
 
 
 def test_schema_2_requires_its_fields():
