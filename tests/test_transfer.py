@@ -4,6 +4,9 @@ fitted optima and their edges, drift, wider-is-better, the verdicts."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,3 +326,12 @@ def test_verdict_without_sp_runs(tmp_path, fake_runs):
     (sgd,) = metrics_of(tmp_path)["verdicts"]
     assert sgd["transfers"] is False
     assert sgd["text"].startswith("SGD: muP does not transfer: no SP runs, so no SP drift. Held: ")
+
+
+def test_the_math_draws_nothing():
+    # transfer is pure: importing it loads no plotting library (plots.py holds matplotlib).
+    code = "import sys, lstm_lightning.transfer; print('matplotlib' in sys.modules)"
+    root = Path(__file__).parent.parent  # python -c puts the folder it runs in on sys.path
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
