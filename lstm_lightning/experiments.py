@@ -37,13 +37,17 @@ dicts (deep copies) and never mutates its inputs.
 from __future__ import annotations
 
 import copy
-import difflib
+import importlib.util
+import os
 import re
+import sys
+import traceback
 from collections.abc import Iterable
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
-from lstm_lightning.errors import ConfigError
+from lstm_lightning.errors import ConfigError, did_you_mean
 
 Group = dict[str, Any]
 
@@ -113,10 +117,9 @@ def _check_keys(obj: Any, keys: tuple[str, ...], what: str, where: str) -> None:
         )
     for key in obj:
         if key not in keys:
-            near = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigError(
-                f"{where}: unknown key {key!r}{hint}; {what} has exactly the keys {allowed}"
+                f"{where}: unknown key {key!r}{did_you_mean(str(key), keys, n=1)}; "
+                f"{what} has exactly the keys {allowed}"
             )
     missing = [k for k in keys if k not in obj]
     if missing:
@@ -212,11 +215,8 @@ def _check_wanted_exist(groups: list[Group], wanted: set[str]) -> None:
 
 
 def _missing(label: str, labels: list[str]) -> str:
-    near = difflib.get_close_matches(label, labels, n=3)
-    hint = (
-        f"did you mean {', '.join(near)}?" if near else f"no close match among {len(labels)} labels"
-    )
-    return f"no sub-experiment labelled {label!r} ({hint})"
+    hint = did_you_mean(label, labels) or f" (no close match among {len(labels)} labels)"
+    return f"no sub-experiment labelled {label!r}{hint}"
 
 
 def generate_lr_sweep_experiment(
@@ -425,3 +425,101 @@ GROUPS: dict[str, Group] = {
 
 # The default the runner uses (the seed's EXPERIMENTS; change it here or pick by name).
 EXPERIMENTS = LSTM_SGD_MUP_SCALING
+
+
+# --- selection (the sweep's --definitions, --experiments, --labels) ---------------------
+
+
+def load_definitions(path: str | None):
+    """This module, or a user's definitions module loaded from ``path``.
+
+    A definitions file is Python and is executed: load only files you trust. Any
+    fault in it (missing, a folder, a syntax error, an exception) is one ``ConfigError``
+    line naming the file and, where known, the line.
+    """
+    if path is None:
+        return sys.modules[__name__]
+    if os.path.isdir(path):
+        raise ConfigError(f"--definitions: {path} is a directory, not a Python file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--definitions: {path} does not exist")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if spec is None:  # no loader for the suffix (e.g. defs.yaml)
+        raise ConfigError(f"--definitions: {path} is not a Python file (.py)")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a user's file: report any error as one line
+        raise ConfigError(f"--definitions: {_import_fault(path, err)}") from None
+    return module
+
+
+def _import_fault(path: str, err: Exception) -> str:
+    """'<file>, line N: failed to import: <Type>: <message>' on one line."""
+    where, message = path, str(err)
+    if isinstance(err, SyntaxError):
+        where, message = err.filename or path, err.msg
+        line = err.lineno
+    else:  # the deepest frame in the definitions file itself
+        mine = os.path.realpath(path)
+        frames = traceback.extract_tb(err.__traceback__)
+        lines = [f.lineno for f in frames if os.path.realpath(f.filename) == mine]
+        line = lines[-1] if lines else None
+    at = f", line {line}" if line else ""
+    message = " ".join(message.split())  # one line, whatever the exception says
+    return f"{where}{at}: failed to import: {type(err).__name__}: {message}"
+
+
+def as_groups(value: Any) -> list[dict]:
+    """A group or a list of groups, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def named_groups(module) -> dict[str, list[dict]]:
+    """Every group a module defines, by variable name and by its ``name`` field."""
+    found: dict[str, list[dict]] = {}
+    for attr, value in vars(module).items():
+        groups = as_groups(value)
+        if (
+            attr.isupper()
+            and groups
+            and all(isinstance(g, dict) and "subexperiments" in g for g in groups)
+        ):
+            found[attr] = groups
+            if len(groups) == 1 and isinstance(groups[0].get("name"), str):
+                found.setdefault(groups[0]["name"], groups)
+    return found
+
+
+def select(module, experiments: str | None, labels: str | None) -> list[dict]:
+    """The groups to run: ``EXPERIMENTS``, or the named ones, cut to ``labels``."""
+    if experiments:
+        available = named_groups(module)
+        groups = []
+        for name in experiments.split(","):
+            if name not in available:
+                raise ConfigError(
+                    f"--experiments: no group named {name!r}{did_you_mean(name, available)}; "
+                    f"available: {', '.join(sorted(available))}"
+                )
+            groups += available[name]
+    else:
+        if not hasattr(module, "EXPERIMENTS"):
+            raise ConfigError(
+                "the definitions define no EXPERIMENTS; set it or pass --experiments NAME"
+            )
+        groups = as_groups(module.EXPERIMENTS)
+    for group in groups:
+        _teach(check_structure, group)
+    if labels:
+        groups = _teach(subset_experiments, groups, set(labels.split(",")))
+    _teach(check_unique_labels, groups)
+    return groups
+
+
+def _teach(fn, *args):
+    """Run a definitions check; its ValueError becomes the one-line ConfigError."""
+    try:
+        return fn(*args)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

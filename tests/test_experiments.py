@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 import lstm_lightning.experiments as ex
+from lstm_lightning.errors import ConfigError
 from lstm_lightning.experiments import (
     EXPERIMENTS,
     GROUPS,
@@ -18,6 +19,9 @@ from lstm_lightning.experiments import (
     create_multi_lr_experiments,
     create_multi_seed_experiments,
     generate_lr_sweep_experiment,
+    load_definitions,
+    named_groups,
+    select,
     subset_experiments,
 )
 
@@ -459,6 +463,83 @@ def test_sweep_ranges():
     assert log2(ex.SGD_LR_SWEEP) == (-3, 4, 8)  # brackets SGD-muP's measured 2^2..2^3
     assert log2(ex.NARROW_LR_SWEEP) == (-7, -3, 5)
     assert set(ex.STANDARD_LR_SWEEP) == set(ex.ADAM_LR_SWEEP) | set(ex.SGD_LR_SWEEP)
+
+
+# --- selection ----------------------------------------------------------------------
+
+
+def write_defs(tmp_path, text: str, name: str = "defs.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_no_definitions_path_means_this_package():
+    assert load_definitions(None) is ex
+
+
+def test_a_user_file_is_loaded_and_its_groups_named(tmp_path):
+    g, h = group("g", sub("a")), group("h", sub("b"))
+    module = load_definitions(
+        write_defs(tmp_path, f"EXPERIMENTS = {g!r}\nMINE = [{g!r}, {h!r}]\nONE = {h!r}\n")
+    )
+    found = named_groups(module)
+    assert found == {"EXPERIMENTS": [g], "g": [g], "MINE": [g, h], "ONE": [h], "h": [h]}
+    assert select(module, None, None) == [g]
+    assert select(module, "MINE", "b") == [h]
+    assert select(module, "g,ONE", None) == [g, h]
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("X = 1\nEXPERIMENTS = {'name': \n", 2, "SyntaxError: "),
+        ("import math\n\nX = math.nope\n", 3, "AttributeError: module 'math' has no attribute"),
+        ("def f():\n    raise RuntimeError('two\\nlines')\n\nf()\n", 2, "RuntimeError: two lines"),
+    ],
+)
+def test_a_broken_definitions_file_is_one_line_naming_file_and_line(tmp_path, text, line, message):
+    path = write_defs(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_definitions(path)
+    (only,) = str(err.value).splitlines()
+    assert only.startswith(f"--definitions: {path}, line {line}: failed to import: {message}")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: str(d), "is a directory, not a Python file"),
+        (lambda d: str(d / "nope.py"), "does not exist"),
+        (lambda d: write_defs(d, "EXPERIMENTS = 1\n", "defs.yaml"), "is not a Python file (.py)"),
+    ],
+)
+def test_a_definitions_path_that_is_not_a_python_file(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_definitions(path)
+    assert str(err.value) == f"--definitions: {path} {message}"
+
+
+def test_select_teaches(tmp_path):
+    module = load_definitions(write_defs(tmp_path, f"GG = {group('gg', sub('a'))!r}\n"))
+    with pytest.raises(ConfigError) as err:
+        select(module, "g", None)
+    assert str(err.value) == (
+        "--experiments: no group named 'g' (did you mean gg?); available: GG, gg"
+    )
+    with pytest.raises(ConfigError, match="define no EXPERIMENTS; set it or pass --experiments"):
+        select(module, None, None)
+    with pytest.raises(ConfigError, match="no sub-experiment labelled 'b'"):
+        select(module, "GG", "b")
+    with pytest.raises(ConfigError, match="duplicate labels: 'a' \\(in groups gg, gg\\)"):
+        select(module, "GG,gg", None)
+
+
+def test_select_checks_structure_of_a_named_group(tmp_path):
+    text = "BAD = {'name': 'b', 'subexperiments': [{'label': 'a b', 'overrides': {}}]}\n"
+    with pytest.raises(ConfigError, match="label 'a b' is not a safe folder name"):
+        select(load_definitions(write_defs(tmp_path, text)), "BAD", None)
 
 
 # --- doctests ----------------------------------------------------------------------------
