@@ -11,9 +11,11 @@ its overrides of a base config (the sweep runner maps flat aliases such as
 A run's results live under ``<runs_dir>/<group name>/<label>/``, so names and labels
 are folder names: only ``[A-Za-z0-9._+-]``, not starting with ``.`` or ``-``, at most
 128 characters (``check_structure``). Labels are unique across every group selected
-together (``check_unique_labels``); two groups may share a label only for the very same
-run (identical overrides), as ``MUP_SCALING_EXPERIMENTS`` shares its runs with the
-``LSTM_*_SCALING`` groups.
+together (``check_unique_labels``): a selection in which two groups share a label is
+refused, even when their overrides are identical. Across this package's groups
+(``GROUPS``, the registry ``--experiments`` picks from) a label always means the same
+run; ``LSTM_LR_EXPERIMENTS`` repeats the eight width-64 runs of ``LSTM_ADAM_MUP_SCALING``
+under the same labels, so sweep those two separately. Any other two go together.
 
 The groups below are sized for a laptop CPU at the runner's default budget (about 300
 steps of 32 x 64 tokens: ~2 s a run at width 16, ~5 s at width 64). To scale them up on a
@@ -409,7 +411,8 @@ LSTM_LR_EXPERIMENTS = generate_lr_sweep_experiment(
     name="LSTM_LR_EXPERIMENTS",
 )
 
-# Every named group, so the runner can pick them by name (--experiments NAME[,NAME]).
+# The registry of this package's groups, by name: what --experiments NAME[,NAME] picks
+# from when no --definitions file is given (named_groups). A new group goes here.
 GROUPS: dict[str, Group] = {
     group["name"]: group
     for group in (
@@ -476,7 +479,11 @@ def as_groups(value: Any) -> list[dict]:
 
 
 def named_groups(module) -> dict[str, list[dict]]:
-    """Every group a module defines, by variable name and by its ``name`` field."""
+    """Every group a module names: this package's ``GROUPS`` registry, or for a user's
+    module every upper-case variable holding a group or a list of groups, by variable
+    name and (a single group) by its ``name`` field."""
+    if module is sys.modules[__name__]:
+        return {name: [group] for name, group in GROUPS.items()}
     found: dict[str, list[dict]] = {}
     for attr, value in vars(module).items():
         groups = as_groups(value)
