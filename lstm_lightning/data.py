@@ -33,12 +33,14 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lstm_lightning import synthetic
 from lstm_lightning.corpus import SYNTHETIC_CHAIN_LEN, Corpus, Source, load_corpus
 from lstm_lightning.errors import check
 from lstm_lightning.fused import stack_steps
+from lstm_lightning.ranges import check_arguments
 
 Batching = Literal["windows", "contiguous"]
 
@@ -184,41 +186,31 @@ class SequenceDataModule(L.LightningDataModule):
         self,
         source: Source = "synthetic",
         path: str | None = None,
-        vocab_size: int | None = None,
+        vocab_size: PositiveInt | None = None,
         token_dtype: Literal["uint8", "uint16", "int32", "uint32", "int64"] = "uint16",
-        seq_len: int = 64,
-        batch_size: int = 32,
+        seq_len: PositiveInt = 64,
+        batch_size: PositiveInt = 32,
         batching: Batching = "windows",
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        num_workers: int = 0,
+        val_fraction: OpenUnitInterval = 0.05,
+        test_fraction: OpenUnitInterval = 0.05,
+        num_workers: NonNegativeInt = 0,
         seed: int = 0,
-        synthetic_tokens: int = 1_048_576,
-        synthetic_states: int = 128,
-        synthetic_vocab: int = 64,
-        synthetic_branching: int = 2,
-        synthetic_emission_support: int = 4,
-        steps_per_batch: int | Literal["auto"] = "auto",
+        synthetic_tokens: PositiveInt = 1_048_576,
+        synthetic_states: PositiveInt = 128,
+        synthetic_vocab: PositiveInt = 64,
+        synthetic_branching: PositiveInt = 2,
+        synthetic_emission_support: PositiveInt = 4,
+        steps_per_batch: PositiveInt | Literal["auto"] = "auto",
     ):
         super().__init__()
+        # The ranges and choices are the annotations' types: the parser checks them on
+        # every entry point; this applies the same types to a module built in Python.
+        check_arguments(SequenceDataModule.__init__, locals(), "data")
         # vocab_size stays out of hparams: the model's vocab_size is the one in use.
         self.save_hyperparameters(ignore=["vocab_size"])
         self.requested_vocab_size = vocab_size
-        check(
-            source in ("synthetic", "text", "tokens"),
-            f"data.source: unknown source {source!r}; use synthetic, text or tokens",
-        )
-        check(seq_len >= 1, f"data.seq_len must be at least 1, got {seq_len}")
-        check(batch_size >= 1, f"data.batch_size must be at least 1, got {batch_size}")
-        check(num_workers >= 0, f"data.num_workers must be >= 0, got {num_workers}")
-        check(
-            steps_per_batch == "auto" or steps_per_batch >= 1,
-            f"data.steps_per_batch must be a positive integer or auto, got {steps_per_batch}",
-        )
         # The K in use; the CLI resolves auto (resolve_steps_per_batch) before fitting.
         self.steps_per_batch = 1 if steps_per_batch == "auto" else steps_per_batch
-        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            check(0 < frac < 1, f"data.{key} must be between 0 and 1, got {frac}")
         check(
             val_fraction + test_fraction < 1,
             "data.val_fraction + data.test_fraction must be below 1, leaving a train split",
