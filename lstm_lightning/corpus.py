@@ -1,6 +1,7 @@
 """Token sources: three contiguous 1-D token streams (train, val, test) from a file or
 from the embedded synthetic process. No Lightning here: the DataModule (``data``) batches
-what this module loads.
+what this module loads, and the sweep checks every run's data file with ``check_source``
+(headers only) before the first run starts.
 
 - ``synthetic``: a seeded random HMM (``synthetic``), sampled as independent chains of
   ``SYNTHETIC_CHAIN_LEN`` tokens; its exact loss floor is known.
@@ -81,12 +82,83 @@ def synthetic_corpus(hp) -> Corpus:
     return Corpus(*streams, vocab_size=hmm.vocab_size, hmm=hmm)
 
 
-def read_file(path: str) -> bytes:
-    check(os.path.isfile(path), f"data.path: {path} does not exist or is not a file")
+def check_source(source: str, path: str | None, token_dtype: str = "uint16") -> None:
+    """Raise ``ConfigError`` unless ``source``'s file is there and readable, without
+    loading it: cheap enough to call on every run of a sweep before the first starts.
+
+    Checks that the file exists, is a readable non-empty file and, for ``tokens``, that a
+    ``.npy`` file has a valid header for a non-empty 1-D integer array whose data is all
+    there, or that a raw file is a whole number of ``token_dtype`` ids. What only the
+    data can tell (UTF-8 text, id range) is checked when it loads.
+    """
+    if source == "synthetic":
+        return
+    check(path is not None, f"data.path is required for source: {source}; point it at your file")
+    check(os.path.exists(path), f"data.path: {path} does not exist")
+    check(os.path.isfile(path), f"data.path: {path} is not a file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise ConfigError(f"data.path: {path} cannot be read ({err.strerror})") from None
+    size = os.path.getsize(path)
+    check(size > 0, f"data.path: {path} is empty")
+    if source != "tokens":
+        return
+    if path.endswith(".npy"):
+        npy_layout(path)
+    else:
+        itemsize = np.dtype(token_dtype).itemsize
+        check(
+            size % itemsize == 0,
+            f"data.path: {path} is not a whole number of {token_dtype} ids; "
+            "set data.token_dtype to the type it was written with",
+        )
+
+
+NPY_HOWTO = (
+    "write it with numpy.save(path, ids) from a 1-D integer array, or give a raw file of "
+    "ids another suffix (e.g. .bin) and set data.token_dtype"
+)
+
+
+def npy_layout(path: str) -> tuple[int, np.dtype]:
+    """(number of ids, dtype) from a ``.npy`` file's header; ``ConfigError`` unless it
+    is a valid header for a non-empty 1-D integer array whose data is all in the file."""
+    fmt = np.lib.format
     with open(path, "rb") as f:
-        data = f.read()
-    check(len(data) > 0, f"data.path: {path} is empty")
-    return data
+        try:
+            version = fmt.read_magic(f)
+            read_header = (
+                fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+        except (ValueError, SyntaxError, EOFError) as err:
+            raise ConfigError(
+                f"data.path: {path} is not a valid .npy file ({' '.join(str(err).split())}); "
+                + NPY_HOWTO
+            ) from None
+        offset = f.tell()
+    check(
+        len(shape) == 1 and np.issubdtype(dtype, np.integer),
+        f"data.path: {path} must hold a 1-D integer array, got {len(shape)}-D {dtype}; "
+        + NPY_HOWTO,
+    )
+    check(shape[0] > 0, f"data.path: {path} holds no token ids (an empty array)")
+    need = offset + shape[0] * dtype.itemsize
+    check(
+        os.path.getsize(path) >= need,
+        f"data.path: {path} is cut short: its header promises {shape[0]} ids "
+        f"({need} bytes) but the file has {os.path.getsize(path)}; write it again",
+    )
+    return shape[0], dtype
+
+
+def read_file(path: str) -> bytes:
+    """The whole of a text file, after ``check_source``'s checks."""
+    check_source("text", path)
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def text_corpus(hp) -> Corpus:
@@ -111,29 +183,28 @@ def text_corpus(hp) -> Corpus:
     )
 
 
+# The largest vocabulary inferred from the ids (data.vocab_size unset). Real vocabularies
+# are far below it (about 2**17 for large models); a larger id is a stray one (a corrupt
+# file, ids written with another dtype) that would ask for an embedding of terabytes. A
+# truly larger vocabulary is given as data.vocab_size.
+MAX_INFERRED_VOCAB = 2**24
+
+
 def tokens_corpus(hp, vocab_size: int | None) -> Corpus:
     path = hp.path
-    check(os.path.isfile(path), f"data.path: {path} does not exist or is not a file")
-    check(os.path.getsize(path) > 0, f"data.path: {path} is empty")
+    check_source("tokens", path, hp.token_dtype)
     if path.endswith(".npy"):
-        try:
-            ids = np.load(path, mmap_mode="r")
-        except ValueError as err:
-            raise ConfigError(f"data.path: {path} is not a readable .npy file ({err})") from None
-        check(
-            ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer),
-            f"data.path: {path} must hold a 1-D integer array, got {ids.ndim}-D {ids.dtype}",
-        )
+        ids = np.load(path, mmap_mode="r")  # the header was checked: a memory map
     else:
-        itemsize = np.dtype(hp.token_dtype).itemsize
-        check(
-            os.path.getsize(path) % itemsize == 0,
-            f"data.path: {path} is not a whole number of {hp.token_dtype} ids; "
-            "set data.token_dtype to the type it was written with",
-        )
         ids = np.memmap(path, dtype=hp.token_dtype, mode="r")
     low, high = id_range(ids)
     check(low >= 0, f"data.path: {path} holds a negative token id ({low})")
+    check(
+        vocab_size is not None or high < MAX_INFERRED_VOCAB,
+        f"data.path: {path} holds token id {high}, above the {MAX_INFERRED_VOCAB} (2**24) "
+        "ids a vocabulary is inferred up to: a stray id, or ids written with another "
+        "dtype (data.token_dtype)? If the vocabulary is that large, set data.vocab_size",
+    )
     vocab = vocab_size if vocab_size is not None else high + 1
     check(
         high < vocab,

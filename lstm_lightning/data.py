@@ -160,8 +160,8 @@ class SequenceDataModule(L.LightningDataModule):
         source: ``synthetic`` (embedded random HMM, no files), ``text`` (a UTF-8 file,
             character-level) or ``tokens`` (a ``.npy`` or raw binary file of token ids).
         path: The file for ``text`` and ``tokens``.
-        vocab_size: For ``tokens``: the vocabulary size (default: largest id + 1). Ids
-            at or above it are an error. Ignored by the other sources.
+        vocab_size: For ``tokens``: the vocabulary size (default: largest id + 1, up to
+            2**24). Ids at or above it are an error. Ignored by the other sources.
         token_dtype: For a raw binary ``tokens`` file: the integer type of each id.
         seq_len: Tokens per training window (the TBPTT length in ``contiguous`` mode).
         batch_size: The global batch: under DDP each of W ranks takes batch_size / W.
@@ -240,15 +240,22 @@ class SequenceDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.batching == "contiguous":
             need, what = hp.batch_size * (hp.seq_len + 1), "batch_size rows of seq_len + 1"
+            smaller = "data.seq_len or data.batch_size"
         else:
             need, what = hp.seq_len + 1, "one window (seq_len + 1)"
+            smaller = "data.seq_len"
+        more = "data.synthetic_tokens" if hp.source == "synthetic" else "file"
+        share = {  # the keys that give a split more of the stream
+            "train": "smaller data.val_fraction and data.test_fraction",
+            "val": "larger data.val_fraction",
+            "test": "larger data.test_fraction",
+        }
         for split in ("train", "val", "test"):
             n = len(getattr(corpus, split))
             check(
                 n >= need,
                 f"data: the {split} split has {n} tokens, fewer than the {need} that "
-                f"{what} needs; use a larger file, a larger {split}_fraction or a smaller "
-                "seq_len",
+                f"{what} needs; use a larger {more}, a {share[split]}, or a smaller {smaller}",
             )
 
     # --- batches -------------------------------------------------------------------
