@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 import lstm_lightning.experiments as ex
+import lstm_lightning.groups
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.experiments import (
     EXPERIMENTS,
@@ -638,3 +639,5 @@ def test_doctests_pass():
     result = doctest.testmod(ex, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 15  # every public docstring has examples
+    result = doctest.testmod(lstm_lightning.groups, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 4
