@@ -33,14 +33,13 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lstm_lightning import synthetic
+from lstm_lightning import ranges, synthetic
 from lstm_lightning.corpus import SYNTHETIC_CHAIN_LEN, Corpus, Source, load_corpus
 from lstm_lightning.errors import check
 from lstm_lightning.fused import stack_steps
-from lstm_lightning.ranges import check_arguments
+from lstm_lightning.ranges import NonNegativeInt, OpenUnitInterval, PositiveInt
 
 Batching = Literal["windows", "contiguous"]
 
@@ -203,13 +202,17 @@ class SequenceDataModule(L.LightningDataModule):
         steps_per_batch: PositiveInt | Literal["auto"] = "auto",
     ):
         super().__init__()
-        # The ranges and choices are the annotations' types: the parser checks them on
-        # every entry point; this applies the same types to a module built in Python.
-        check_arguments(SequenceDataModule.__init__, locals(), "data")
+        # The ranges are the annotations' types: the parser checks them on every entry
+        # point; this applies the same types to a module built in Python.
+        ranges.check(SequenceDataModule, "data", locals())
         # vocab_size stays out of hparams: the model's vocab_size is the one in use.
         self.save_hyperparameters(ignore=["vocab_size"])
         self.requested_vocab_size = vocab_size
-        # The K in use; the CLI resolves auto (resolve_steps_per_batch) before fitting.
+        check(
+            source in ("synthetic", "text", "tokens"),
+            f"data.source: unknown source {source!r}; use synthetic, text or tokens",
+        )
+        # The K in use; fused.FusedSteps resolves auto when a fit sets up (any Trainer).
         self.steps_per_batch = 1 if steps_per_batch == "auto" else steps_per_batch
         check(
             val_fraction + test_fraction < 1,

@@ -1,139 +1,124 @@
-"""Range rules as types: one check of an argument's annotation, the same on every path.
+"""Range rules as types: jsonargparse's restricted number types on ``__init__`` arguments.
 
-A hyperparameter's range is its annotation, a jsonargparse restricted type such as
-``PositiveInt`` or ``OpenUnitInterval`` (or a ``Literal`` of choices), alone or in a
-union (``PositiveInt | Literal["auto"]``, ``PositiveInt | None``). The parser checks it
-on every command line and config file (fit, sweep, coord-check); ``check_arguments``
-applies the same annotation to an object built directly in Python, and
-``restriction_words`` puts the parser's refusal in the same words, so that a bad value
-reads the same wherever it comes from: ``data.seq_len must be at least 1, got 0``.
+An argument annotated ``PositiveInt``, ``NonNegativeInt``, ``PositiveFloat``,
+``NonNegativeFloat``, ``OpenUnitInterval`` (a float in (0, 1)) or ``HalfOpenUnitInterval``
+(a float in [0, 1)), alone, with alternatives (``T | None``, ``T | Literal["auto"]``) or
+in a tuple, is checked by the parser on every command-line path (fit,
+sweep, coord-check). ``check`` applies the same annotations to a class built in Python;
+``explain`` words the parser's message for one of them as the one line ``check`` gives:
+``model.learning_rate must be >= 0, got -1``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
-from collections.abc import Callable
-from typing import Any, Literal
+
+from jsonargparse.typing import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
 
 from lstm_lightning.errors import ConfigError
 
-# Words for jsonargparse's restricted number types (``jsonargparse.typing``), by name.
-RANGE_WORDS = {
-    "PositiveInt": "at least 1",
-    "NonNegativeInt": "at least 0",
-    "PositiveFloat": "above 0",
-    "NonNegativeFloat": "at least 0",
-    "OpenUnitInterval": "between 0 and 1 (both excluded)",
-    "ClosedUnitInterval": "between 0 and 1 (both included)",
-}
-WHOLE = ("PositiveInt", "NonNegativeInt")  # the integer types among them
-
-
-def check_arguments(fn: Callable, values: dict[str, Any], section: str) -> None:
-    """Raise ``ConfigError`` for the first value its argument's annotation rules out.
-
-    ``fn`` is an ``__init__`` (or any annotated function); ``values`` may hold more names
-    than it takes (pass ``locals()``). An annotation with a part that is neither a
-    restricted type, a ``Literal`` nor ``None`` (``int | None``, ``str``) is not checked.
-    """
-    for name, hint in typing.get_type_hints(fn).items():
-        if name not in values:
-            continue
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        options = typing.get_args(hint) if union else (hint,)
-        if not all(_checkable(t) for t in options) or options == (type(None),):
-            continue
-        value = values[name]
-        if not any(_fits(t, value) for t in options):
-            words = " or ".join(_words(t) for t in options)
-            whole = any(getattr(t, "__name__", "") in WHOLE for t in options)
-            raise ConfigError(_must(f"{section}.{name}", words, repr(value), whole))
-
-
-def _checkable(kind: Any) -> bool:
-    return hasattr(kind, "_expression") or typing.get_origin(kind) is Literal or kind is type(None)
-
-
-def _fits(kind: Any, value: Any) -> bool:
-    if kind is type(None) or typing.get_origin(kind) is Literal:
-        return value in (typing.get_args(kind) or (None,))
-    base = (int, float) if kind._type is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, base):
-        return False
-    try:
-        kind(value)  # a restricted type refuses a value outside its range
-    except ValueError:
-        return False
-    return True
-
-
-def _words(kind: Any) -> str:
-    if kind is type(None):
-        return "null"
-    if typing.get_origin(kind) is Literal:
-        return _choices([str(v) for v in typing.get_args(kind)])
-    return RANGE_WORDS.get(kind.__name__) or f"{kind._type.__name__} {kind._expression}"
-
-
-def _choices(choices: list[str]) -> str:
-    return choices[0] if len(choices) == 1 else f"one of {', '.join(choices)}"
-
-
-def _must(key: str, words: str, shown: str, whole: bool) -> str:
-    """'<key> must be <words>, got <value>', asking for a whole number by name where the
-    type is an integer and the value is not one."""
-    fraction = whole and not re.fullmatch(r"-?\d+", shown)
-    return f"{key} must be {'a whole number, ' if fraction else ''}{words}, got {shown}"
-
-
-# jsonargparse's refusals of a restricted type and of a union holding one, as folded onto
-# one line by ``fit.one_line`` (checked against jsonargparse 4.53). A plain choice's
-# refusal ("Expected a typing.Literal[...]. Got value: ...") is clear as it stands.
-_REFUSALS = (
-    re.compile(r'Parser key "(?P<key>[\w.]+)": Not of type (?P<types>\w+): (?P<why>.*)$'),
-    re.compile(
-        r'Parser key "(?P<key>[\w.]+)": Does not validate against any of the Union subtypes '
-        r"Subtypes: \[(?P<types>.*?)\] Errors: .* Given value: (?P<value>.*)$"
-    ),
+HalfOpenUnitInterval = restricted_number_type(
+    "HalfOpenUnitInterval", float, [(">=", 0.0), ("<", 1.0)], docstring="A float in [0, 1)."
 )
-_VALUE = re.compile(r"^(?P<value>\S+) (?:does not conform|not an? )|with base 10: '(?P<quoted>.*)'")
-_PART = re.compile(r"jsonargparse\.typing\.(\w+)'>|(NoneType)|Literal\[([^\]]*)\]")
+HalfOpenUnitInterval.__module__ = __name__  # where pickle finds it
+
+# type -> (the rule after "must be", what a value must be first)
+RULES: dict[type, tuple[str, str]] = {
+    PositiveInt: ("a positive integer", "an integer"),
+    NonNegativeInt: (">= 0", "an integer"),
+    PositiveFloat: ("> 0", "a number"),
+    NonNegativeFloat: (">= 0", "a number"),
+    HalfOpenUnitInterval: ("in [0, 1)", "a number"),
+    OpenUnitInterval: ("in (0, 1)", "a number"),
+}
+BY_NAME = {t.__name__: t for t in RULES}
 
 
-def restriction_words(text: str) -> str:
-    """The parser's one-line refusal of a restricted type (alone or in a union) in the
-    words of ``check_arguments``; any other text unchanged.
-
-    >>> restriction_words('Parser key "data.seq_len": Not of type PositiveInt: 0 does '
-    ...                   'not conform to restriction v>0')
-    'data.seq_len must be at least 1, got 0'
-    """
-    for pattern in _REFUSALS:
-        match = pattern.search(text)
-        if match:
-            return _reworded(match, pattern is _REFUSALS[0]) or text
-    return text
-
-
-def _reworded(match: re.Match, single: bool) -> str | None:
-    value = match.groupdict().get("value")
-    if single:
-        found = _VALUE.search(match["why"])
-        value = found and (found["value"] or found["quoted"])
-        parts = [RANGE_WORDS.get(match["types"])]
-    else:
-        parts = [_part_words(*part) for part in _PART.findall(match["types"])]
-    if value is None or not parts or None in parts:
-        return None  # not a shape we know: keep the parser's words
-    whole = any(name in match["types"] for name in WHOLE)
-    return _must(match["key"], " or ".join(parts), value, whole)
+@functools.cache
+def range_arguments(cls: type) -> dict[str, tuple[type, str | tuple]]:
+    """``{argument: (range type, shape)}`` of ``cls.__init__``; shape is ``value``,
+    ``tuple`` (every item a T), or the tuple of values also accepted as they are: ``(None,)``
+    for ``T | None``, ``("auto",)`` for ``T | Literal["auto"]``."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls.__init__).items():
+        args = typing.get_args(hint)
+        if hint in RULES:
+            out[name] = (hint, "value")
+        elif typing.get_origin(hint) in (typing.Union, types.UnionType):
+            inner = [a for a in args if a in RULES]
+            others = [a for a in args if a not in RULES]
+            if len(inner) == 1 and all(_alternatives(a) for a in others):
+                out[name] = (inner[0], sum((_alternatives(a) for a in others), ()))
+        elif typing.get_origin(hint) is tuple and args and all(a in RULES for a in args):
+            out[name] = (args[0], "tuple")
+    return out
 
 
-def _part_words(restricted: str, none: str, literal: str) -> str | None:
-    if none:
-        return "null"
-    if literal:
-        return _choices([c.strip().strip("'\"") for c in literal.split(",")])
-    return RANGE_WORDS.get(restricted)
+def _alternatives(part) -> tuple:
+    """The values a union part accepts as they are: (None,), a Literal's, or () if any."""
+    if part is type(None):
+        return (None,)
+    return typing.get_args(part) if typing.get_origin(part) is typing.Literal else ()
+
+
+def _or(alternatives) -> str:
+    return "".join(f" or {'null' if a is None else a}" for a in alternatives)
+
+
+def check(cls: type, section: str, values: dict) -> None:
+    """Check ``values`` (``cls``'s ``__init__`` arguments) against their range types: a
+    ``ConfigError`` line naming ``section.argument`` and the rule for the first outside."""
+    for name, (rule_type, shape) in range_arguments(cls).items():
+        value = values[name]
+        alternatives = shape if isinstance(shape, tuple) else ()
+        if any(value is a or (a is not None and value == a) for a in alternatives):
+            continue
+        try:
+            for item in value if shape == "tuple" else [value]:
+                rule_type(item)
+        except (TypeError, ValueError):
+            rule = RULES[rule_type][0] + _or(alternatives)
+            verb = "lie" if shape == "tuple" else "be"
+            raise ConfigError(f"{section}.{name} must {verb} {rule}, got {value}") from None
+
+
+def _union_alternatives(subtypes: str) -> list:
+    """The accepted-as-is values in the parser's list of a union's subtypes."""
+    found = []
+    for literal, none in re.findall(r"Literal\[([^\]]*)\]|(NoneType)", subtypes):
+        found += [None] if none else [v.strip().strip("'\"") for v in literal.split(",")]
+    return found
+
+
+def explain(text: str) -> str:
+    """The parser's one-lined message for a value that fails a range type, as the rule it
+    broke (``model.eps must be > 0, got 0``) or as what was expected for a value that is
+    not a number; any other text unchanged."""
+    key = re.match(r'Parser key "([\w.]+)": ', text)
+    of_type = re.search(r"Not of type (\w+): ", text)
+    if not (key and of_type and of_type[1] in BY_NAME):
+        return text
+    rule, kind = RULES[BY_NAME[of_type[1]]]
+    after = text[of_type.end() :]
+    union = re.search(r"Union subtypes Subtypes: \[(.*?)\] Errors", text)
+    if union:  # T | None, T | Literal[...]: the value comes last
+        rule += _or(_union_alternatives(union[1]))
+        value = re.search(r"Given value: (.*)$", text)[1]
+    elif found := re.match(r"(\S+) (?:does not conform|not an? )", after):
+        value = found[1]
+    else:  # e.g. invalid literal for int() with base 10: 'abc'
+        value = re.sub(r"^.*: '(.*)'$", r"\1", after)
+    if "does not conform to restriction" in after:
+        return f"{key[1]} must be {rule}, got {value}"
+    expected = rule if rule.startswith("a ") else f"{kind} {rule}"
+    return f'Parser key "{key[1]}": Expected {expected}. Got value: {value}'
