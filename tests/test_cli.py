@@ -133,7 +133,7 @@ BAD = [
         ],
         "token id .* at or above data.vocab_size=10",
     ),
-    (lambda t: ["--data.batch_size", "0"], "data.batch_size must be a positive integer"),
+    (lambda t: ["--data.batch_size", "0"], "data.batch_size must be at least 1"),
 ]
 
 
