@@ -217,8 +217,9 @@ def _kinds(path: str) -> tuple[set, set] | None:
 
 def _takes(kinds: tuple[set, set]) -> str:
     names = {type(None): "null", bool: "true/false", int: "integers", float: "floats"}
+    names.update({str: "strings", object: "other values"})
     words = [repr(v) for v in sorted(kinds[1], key=str)]
-    return " or ".join(words + sorted(names.get(k, "strings") for k in kinds[0]))
+    return " or ".join(words + sorted(names[k] for k in kinds[0]))
 
 
 def _fits(value: Any, kinds: tuple[set, set]) -> bool:
