@@ -192,48 +192,68 @@ def _check_transfer(key: str, path: str, where: str) -> None:
         )
 
 
-def _kinds(path: str) -> tuple[set, set] | None:
-    """The scalar types and literal values ``path`` takes, or None when not known."""
+@dataclass(frozen=True)
+class _Takes:
+    """What a typed model or data key takes: scalar types, literal values, and the rules of
+    restricted number types (jsonargparse's PositiveInt, OpenUnitInterval, ...)."""
+
+    types: frozenset
+    values: tuple
+    rules: tuple
+
+    def describe(self) -> str:
+        names = {type(None): "null", bool: "true/false", int: "integers", float: "floats"}
+        names.update({str: "strings", object: "other values"})
+        words = [repr(v) for v in sorted(self.values, key=str)]
+        return " or ".join(words + sorted(names[k] for k in self.types))
+
+    def refuses(self, value: Any) -> str | None:
+        """Why the key cannot take ``value``, or None when it can."""
+        if any(value == v and type(value) is type(v) for v in self.values):
+            return None
+        kind = bool if isinstance(value, bool) else type(value)
+        if kind not in self.types and not (kind is int and float in self.types):
+            return f"takes {self.describe()}, not {value!r}"
+        errors = []
+        for rule in self.rules if kind in (int, float) else ():
+            try:
+                rule(value)
+                return None
+            except ValueError as err:
+                errors.append(str(err))
+        return f"cannot take {value!r} ({errors[0]})" if errors else None
+
+
+def _takes(path: str) -> _Takes | None:
+    """What ``path`` takes, from its annotation, or None when it has none here."""
     section, _, name = path.partition(".")
     hint = HINTS.get(section, {}).get(name)
     if hint is None:
         return None
-    kinds, values, todo = set(), set(), [hint]
+    kinds, values, rules, todo = set(), [], [], [hint]
     while todo:
         t = todo.pop()
         origin = typing.get_origin(t)
         if origin is Literal:
-            values.update(typing.get_args(t))
-        elif origin in (typing.Union, types.UnionType, typing.Annotated):
-            todo.extend(
-                typing.get_args(t)[:1] if origin is typing.Annotated else typing.get_args(t)
-            )
-        elif isinstance(t, type) and issubclass(t, SCALARS):  # PositiveInt is an int
-            kinds.add(bool if t is bool else next(s for s in SCALARS[::-1] if issubclass(t, s)))
+            values.extend(typing.get_args(t))
+        elif origin in (typing.Union, types.UnionType):
+            todo.extend(typing.get_args(t))
+        elif origin is typing.Annotated:
+            todo.append(typing.get_args(t)[0])
+        elif isinstance(t, type) and issubclass(t, SCALARS):
+            base = bool if t is bool else next(s for s in SCALARS[::-1] if issubclass(t, s))
+            kinds.add(base)
+            rules += [t] if t is not base else []  # PositiveInt: an int with a rule
         else:
             kinds.add(object)  # a tuple or a class: not a scalar a sampler can draw
-    return kinds, values
-
-
-def _takes(kinds: tuple[set, set]) -> str:
-    names = {type(None): "null", bool: "true/false", int: "integers", float: "floats"}
-    names.update({str: "strings", object: "other values"})
-    words = [repr(v) for v in sorted(kinds[1], key=str)]
-    return " or ".join(words + sorted(names[k] for k in kinds[0]))
-
-
-def _fits(value: Any, kinds: tuple[set, set]) -> bool:
-    if any(value == v and type(value) is type(v) for v in kinds[1]):
-        return True
-    kind = bool if isinstance(value, bool) else type(value)
-    return kind in kinds[0] or (kind is int and float in kinds[0])
+    return _Takes(frozenset(kinds), tuple(values), tuple(rules))
 
 
 def _distribution(spec: Any, path: str, where: str) -> Distribution:
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: give a distribution, {FORMS}; got {spec!r}")
-    kinds = _kinds(path)
-    if kinds is not None and not kinds[1] and kinds[0] <= {object, type(None)}:
+    takes = _takes(path)
+    if takes is not None and not takes.values and takes.types <= {object, type(None)}:
         raise ConfigError(f"{where}: {path} is not a scalar a sampler can draw; set it in --config")
     if "choices" in spec:
         others = sorted(map(str, set(spec) - {"choices"}))
@@ -242,28 +262,28 @@ def _distribution(spec: Any, path: str, where: str) -> Distribution:
                 f"{where}: choices takes no other field, got {', '.join(others)}; give either "
                 "{choices: [...]} or a range {low, high, ...}"
             )
-        return _choice(spec["choices"], kinds, path, where)
+        return _choice(spec["choices"], takes, path, where)
     unknown = sorted(map(str, set(spec) - {"low", "high", "log", "step"}))
     if unknown:
         hint = did_you_mean(unknown[0], ["low", "high", "log", "step", "choices"])
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}{hint}; give {FORMS}")
-    return _range(spec, kinds, path, where)
+    return _range(spec, takes, path, where)
 
 
-def _range(spec: Mapping, kinds: tuple[set, set] | None, path: str, where: str) -> Distribution:
+def _range(spec: Mapping, takes: _Takes | None, path: str, where: str) -> Distribution:
     missing = [f for f in ("low", "high") if f not in spec]
     if missing:
         raise ConfigError(f"{where}: missing {' and '.join(missing)}; a range needs both")
     low, high, log = spec["low"], spec["high"], spec.get("log", False)
     for name, v in (("low", low), ("high", high)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ConfigError(f"{where}: {name} must be a finite number, got {v!r}")
+            raise ConfigError(f"{where}: {name} must be a finite number, got {v!r}{_text(v)}")
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: log must be true or false, got {log!r}")
-    if kinds is not None and not kinds[0] & {int, float}:
-        raise ConfigError(f"{where}: {path} takes {_takes(kinds)}; use {{choices: [...]}}")
+    if takes is not None and not takes.types & {int, float}:
+        raise ConfigError(f"{where}: {path} takes {takes.describe()}; use {{choices: [...]}}")
     whole = isinstance(low, int) and isinstance(high, int)
-    integer = (int in kinds[0] and float not in kinds[0]) if kinds else whole
+    integer = int in takes.types and float not in takes.types if takes else whole
     if integer and not whole:
         raise ConfigError(
             f"{where}: {path} takes integers; give integer bounds, not {low!r}, {high!r}"
@@ -273,10 +293,14 @@ def _range(spec: Mapping, kinds: tuple[set, set] | None, path: str, where: str) 
         raise ConfigError(f"{where}: low {low} must be below high {high}; {fix}")
     if log and low <= 0:
         raise ConfigError(f"{where}: log: true needs low > 0, got {low}; raise low or drop log")
+    for bound in (low, high) if takes else ():
+        why = takes.refuses(bound if integer else float(bound))
+        if why:
+            raise ConfigError(f"{where}: {path} {why}; narrow the range")
     if integer:
         return IntRange(low, high, _step(spec.get("step", 1), low, high, log, where), log)
     if "step" in spec:
-        fix = f"{path} takes floats" if kinds else "give integer low and high for integers"
+        fix = f"{path} takes floats" if takes else "give integer low and high for integers"
         raise ConfigError(f"{where}: step is for integer ranges; drop step ({fix})")
     return FloatRange(float(low), float(high), log)
 
@@ -298,7 +322,7 @@ def _step(step: Any, low: int, high: int, log: bool, where: str) -> int:
     return step
 
 
-def _choice(choices: Any, kinds: tuple[set, set] | None, path: str, where: str) -> Choice:
+def _choice(choices: Any, takes: _Takes | None, path: str, where: str) -> Choice:
     if not isinstance(choices, list | tuple) or not choices:
         raise ConfigError(f"{where}: choices must be a non-empty list, got {choices!r}")
     seen = []
@@ -310,7 +334,17 @@ def _choice(choices: Any, kinds: tuple[set, set] | None, path: str, where: str) 
             )
         if (isinstance(c, bool), c) in seen:  # 1 and 1.0 are one choice, True and 1 two
             raise ConfigError(f"{where}: choice {c!r} is given twice; list each once")
-        if kinds is not None and not _fits(c, kinds):
-            raise ConfigError(f"{where}: {path} takes {_takes(kinds)}, not {c!r}; remove it")
+        why = takes.refuses(c) if takes else None
+        if why:
+            raise ConfigError(f"{where}: {path} {why}{_text(c)}; remove it")
         seen.append((isinstance(c, bool), c))
     return Choice(tuple(choices))
+
+
+def _text(value: Any) -> str:
+    """A hint for a number PyYAML read as text: it takes ``1e-4`` (no dot) for a string."""
+    try:
+        number = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        return ""
+    return f" (YAML reads {value} as text: write {number!r})" if math.isfinite(number) else ""

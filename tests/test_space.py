@@ -8,9 +8,11 @@ import optuna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import RandomSampler
 
+from lstm_lightning import space as space_module
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.space import Choice, FloatRange, IntRange, Space
 
@@ -31,6 +33,8 @@ BAD_SPACES = [
     ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log: true needs low > 0"),
     ({"learning_rate": {"low": "a", "high": 0.1}}, "low must be a finite number, got 'a'"),
     ({"learning_rate": {"low": 0.1, "high": float("inf")}}, "high must be a finite number"),
+    ({"learning_rate": {"low": "1e-4", "high": 0.1}}, "(YAML reads 1e-4 as text: write 0.0001)"),
+    ({"init_std": {"choices": ["1e-1"]}}, "not '1e-1' (YAML reads 1e-1 as text: write 0.1)"),
     ({"learning_rate": {"low": 0.1, "high": 1.0, "log": "yes"}}, "log must be true or false"),
     ({"learning_rate": {"low": 0.1, "high": 1.0, "step": 0.1}}, "step is for integer ranges"),
     ({"warmup_steps": {"low": 0, "high": 10, "step": 0}}, "step must be a positive integer"),
@@ -101,6 +105,19 @@ def test_a_missing_or_unreadable_space_file(tmp_path):
     missing = tmp_path / "no.yaml"
     one_line_error(lambda: Space.from_file(missing), "no such space file", str(missing))
     one_line_error(lambda: Space.from_file(tmp_path), "cannot read the space file", str(tmp_path))
+
+
+def test_a_restricted_key_refuses_bounds_and_choices_outside_its_rule(monkeypatch):
+    monkeypatch.setitem(space_module.HINTS["data"], "seq_len", PositiveInt | None)
+    monkeypatch.setitem(space_module.HINTS["model"], "dropout", OpenUnitInterval)
+    Space.from_dict({"seq_len": {"low": 1, "high": 8}, "dropout": {"choices": [0.1, 0.5]}})
+    bad = [
+        ({"seq_len": {"low": 0, "high": 8}}, "seq_len: data.seq_len cannot take 0 ("),
+        ({"seq_len": {"choices": [None, -1]}}, "cannot take -1 (-1 does not conform"),
+        ({"dropout": {"low": 0, "high": 0.5}}, "model.dropout cannot take 0.0 ("),
+    ]
+    for mapping, fragment in bad:
+        one_line_error(lambda m=mapping: Space.from_dict(m), fragment, "space")
 
 
 def test_a_valid_space_round_trips_to_optuna():
