@@ -43,6 +43,12 @@ from lstm_lightning.sweep import ALIASES  # the merge repoints this: lstm_lightn
 
 REGULARIZATION = ("model.dropout", "model.weight_decay")
 WIDTH = ("model.hidden_size", "model.base_hidden_size", "model.embedding_size", "model.num_layers")
+# What a transfer space refuses, and why (TP5: regularization does not transfer).
+NO_TRANSFER = {
+    **dict.fromkeys(REGULARIZATION, "is regularization, which does not transfer across width"),
+    **dict.fromkeys(WIDTH, "sets the proxy's shape, which its base config fixes"),
+    "model.parametrization": "decides whether anything transfers; μTransfer needs mup",
+}
 SCALARS = (type(None), bool, int, float, str)
 FORMS = "{low, high, log} for floats, {low, high, step} for integers or {choices: [...]}"
 HINTS = {
@@ -120,8 +126,11 @@ class Space(Mapping):
             twin = next((k for k, p in paths.items() if p == path), None)
             if twin is not None:
                 raise ConfigError(f"{where}: {key} and {twin} both set {path}; keep one")
-            if transfer:
-                _check_transfer(key, path, where)
+            if transfer and path in NO_TRANSFER:
+                raise ConfigError(
+                    f"{where}: {key} {NO_TRANSFER[path]} (Tensor Programs V); set it in the "
+                    "base config, not in a transfer space"
+                )
             dists[key], paths[key] = _distribution(spec, path, f"{where}: {key}"), path
         return cls(dists, paths)
 
@@ -177,19 +186,6 @@ def _resolve(key: Any, where: str) -> str:
         f"{where}: unknown key {key!r}{hint}; use a flat key such as learning_rate or a "
         "full path such as model.init_std"
     )
-
-
-def _check_transfer(key: str, path: str, where: str) -> None:
-    if path in REGULARIZATION:
-        raise ConfigError(
-            f"{where}: {key} is regularization, which does not transfer across width "
-            "(Tensor Programs V); drop it from a transfer space and tune it at the target width"
-        )
-    if path in WIDTH:
-        raise ConfigError(
-            f"{where}: {key} sets the proxy's shape, which its base config fixes; "
-            "set it in --config, not in a transfer space"
-        )
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ TRANSFER_REFUSED = [
     ("base_hidden_size", {"low": 16, "high": 64}, "base_hidden_size sets the proxy's shape"),
     ("embedding_size", {"choices": [16, 32]}, "embedding_size sets the proxy's shape"),
     ("num_layers", {"low": 1, "high": 3}, "num_layers sets the proxy's shape"),
+    ("parametrization", {"choices": ["sp", "mup"]}, "parametrization decides whether anything"),
 ]
 
 BAD_FILES = [
