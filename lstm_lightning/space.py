@@ -1,21 +1,17 @@
 """Search spaces as data: override keys mapped to the distributions a search draws from.
 
-A space is a YAML file (or a dict) whose keys are the sweep's override keys, flat aliases
-such as ``learning_rate`` or the dotted paths they stand for such as ``model.init_std``,
-and whose values are one of:
+A space is a YAML file (or a dict) whose keys are the sweep's override keys (aliases such
+as ``learning_rate`` or their dotted paths such as ``model.init_std``) and whose values are
+``{low, high, log}`` (floats; log optional), ``{low, high, step}`` (integers; step optional,
+log allowed with step 1) or ``{choices: [...]}`` (null, booleans, numbers, strings). A range
+is an integer range when its key takes integers (from the model's and data's annotations,
+whose restricted types such as PositiveInt are checked on the bounds), or, for an
+untyped key, when both bounds are integers.
 
-- ``{low, high, log}``: a float range (``log`` optional, default false);
-- ``{low, high, step}``: an integer range (``step`` optional, default 1; ``log`` allowed
-  with step 1);
-- ``{choices: [...]}``: a category of scalars (null, booleans, numbers, strings).
-
-A range is an integer range when its key takes integers, or, for a key of unknown type,
-when both bounds are integers; a float key's ``{low: 1, high: 4}`` is a float range.
-Everything is checked before a trial runs, each mistake one ``ConfigError`` line naming
-the file, the key and the fix. With ``transfer=True`` (μTransfer: tune a narrow proxy,
-copy to the wide model) the space refuses what does not transfer across width ("Tensor
-Programs V", Yang et al. 2022): regularization (dropout, weight decay), and the keys that
-fix the proxy's shape, which its base config sets.
+Every mistake is one ``ConfigError`` line naming the file, the key and the fix. With
+``transfer=True`` (μTransfer: tune a narrow proxy, copy to the wide model) a space refuses
+what does not transfer across width ("Tensor Programs V", Yang et al. 2022): regularization,
+the proxy's shape and its parametrization, all of which its base config sets.
 """
 
 from __future__ import annotations
@@ -41,9 +37,9 @@ from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.sweep import ALIASES  # the merge repoints this: lstm_lightning.runs
 
+# What a transfer space refuses, and why (TP5: regularization does not transfer).
 REGULARIZATION = ("model.dropout", "model.weight_decay")
 WIDTH = ("model.hidden_size", "model.base_hidden_size", "model.embedding_size", "model.num_layers")
-# What a transfer space refuses, and why (TP5: regularization does not transfer).
 NO_TRANSFER = {
     **dict.fromkeys(REGULARIZATION, "is regularization, which does not transfer across width"),
     **dict.fromkeys(WIDTH, "sets the proxy's shape, which its base config fixes"),
@@ -144,7 +140,7 @@ class Space(Mapping):
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot read the space file: {err}") from None
         try:
-            data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+            data = yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""
