@@ -55,6 +55,8 @@ HINTS = {
 
 @dataclass(frozen=True)
 class FloatRange:
+    """Floats in [low, high], uniform or (log) log-uniform."""
+
     low: float
     high: float
     log: bool = False
@@ -65,6 +67,8 @@ class FloatRange:
 
 @dataclass(frozen=True)
 class IntRange:
+    """Integers low, low + step, ..., high (step divides high - low), or log-uniform."""
+
     low: int
     high: int
     step: int = 1
@@ -76,6 +80,8 @@ class IntRange:
 
 @dataclass(frozen=True)
 class Choice:
+    """One of ``choices``, each a scalar, none twice."""
+
     choices: tuple
 
     def to_optuna(self) -> CategoricalDistribution:
@@ -86,8 +92,11 @@ Distribution = FloatRange | IntRange | Choice
 
 
 class Space(Mapping):
-    """An ordered, read-only mapping of override key -> distribution; ``paths`` gives
-    each key's dotted config path."""
+    """An ordered, read-only mapping of override key -> distribution, in the file's order.
+
+    ``paths`` gives each key's dotted config path. A trial's params, keyed like the space,
+    are sweep overrides as they stand.
+    """
 
     def __init__(self, dists: dict[str, Distribution], paths: dict[str, str]):
         self._dists, self.paths = dict(dists), dict(paths)
