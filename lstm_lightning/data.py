@@ -232,7 +232,7 @@ class SequenceDataModule(L.LightningDataModule):
             steps_per_batch == "auto" or steps_per_batch >= 1,
             f"data.steps_per_batch must be a positive integer or auto, got {steps_per_batch}",
         )
-        # The K in use; the CLI resolves auto (resolve_steps_per_batch) before fitting.
+        # The K in use; fused.FusedSteps resolves auto when a fit sets up (any Trainer).
         self.steps_per_batch = 1 if steps_per_batch == "auto" else steps_per_batch
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             check(0 < frac < 1, f"data.{key} must be between 0 and 1, got {frac}")

@@ -13,6 +13,8 @@ hooks and wrappers (a width-16 step is ~6 ms). Where those would only call hooks
 nothing (``idle_wrappers``: one process, 32-bit precision, no callback or profiler
 listening), a step calls torch directly and counts itself in ``global_step`` through the
 very callbacks ``LightningOptimizer.step`` calls; anywhere else it goes through Lightning.
+The Lightning internals this needs are behind small functions in ``lstm_lightning.fused``,
+and ``configure_callbacks`` adds its ``FusedSteps``, so any Trainer resolves K.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
+from lstm_lightning import fused
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
-from lstm_lightning.fused import idle_wrappers, restack_progress
+from lstm_lightning.fused import idle_wrappers
 from lstm_lightning.model import LSTMLM, State, detach_state
 from lstm_lightning.schedule import Schedule, lr_factor
 
@@ -153,15 +155,14 @@ class LanguageModel(L.LightningModule):
         """One optimizer step per batch of the stack (K, B, T+1); the last step's loss, or
         None when a step diverged (the run then stops)."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        loop = self.trainer.fit_loop.epoch_loop
-        first, last = loop._batches_that_stepped, len(stack) - 1  # the counter lags a step
+        first, last = fused.logging_step(self.trainer), len(stack) - 1  # it lags a step
         loss = taken = None
         for i, batch in enumerate(stack):
             # Advance Lightning's logging counter per step (it adds 1 after the batch): the
             # logged step and a validation's step count steps, not batches. Every count of
             # steps is a multiple of K (data.steps_per_batch), so only a batch's last step
             # can be a logging step, and a validation follows a batch's last step.
-            loop._batches_that_stepped = first + i
+            fused.set_logging_step(self.trainer, first + i)
             loss = self.optimizer_step_on(batch, optimizer, scheduler, may_log=i == last)
             if loss is None:
                 break
@@ -184,22 +185,25 @@ class LanguageModel(L.LightningModule):
             return None  # no backward, no optimizer step: weights stay finite
         # self.log costs about 1 ms a call, more than a width-16 step's arithmetic: call
         # it only on the steps whose metrics the logger writes (log_every_n_steps).
-        if may_log and self.trainer._logger_connector.should_update_logs:
+        if may_log and fused.logs_now(self.trainer):
             # sync_dist: under DDP the logged loss is the global batch's, not rank 0's half.
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         if self._direct:  # what the wrappers below do, minus hooks that would do nothing
             self.net.zero_grad()  # the optimizer's parameters; ~70 us sooner than its zero_grad
             loss.backward()
-            optimizer._on_before_step()  # counts trainer.global_step, as step() does
-            self.on_before_optimizer_step(optimizer)
-            optimizer.optimizer.step()
-            optimizer._on_after_step()
+            fused.step_directly(optimizer, self.on_before_optimizer_step)  # counts global_step
         else:
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()  # counts trainer.global_step; calls on_before_optimizer_step
         scheduler.step()
         return loss
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Fused steps (``data.steps_per_batch``) for any trainer that has none: its
+        ``setup`` resolves K, so a Trainer built by hand gets them as the CLI's does."""
+        has = any(isinstance(c, fused.FusedSteps) for c in self.trainer.callbacks)
+        return [] if has else [fused.FusedSteps()]
 
     def on_train_start(self) -> None:
         self._direct = idle_wrappers(self.trainer, self)
@@ -283,20 +287,16 @@ class LanguageModel(L.LightningModule):
 
     # --- checkpoints: what an exact resume needs beyond weights and optimizer ---------
 
-    def steps_per_batch(self) -> int:
-        """K: the training batches in one Lightning batch (``data.steps_per_batch``)."""
-        return getattr(getattr(self.trainer, "datamodule", None), "steps_per_batch", 1)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["steps_per_batch"] = self.steps_per_batch()  # the unit of its batch counts
+        # the unit of its batch counts
+        checkpoint["steps_per_batch"] = fused.steps_per_batch(self.trainer)
         checkpoint["tbptt_state"] = self._state.get("train")
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            restack_progress(checkpoint, self.steps_per_batch())  # before Lightning reads it
+        fused.restack_if_fitting(self, checkpoint)
         if checkpoint.get("tbptt_state") is not None:
             self._state["train"] = checkpoint["tbptt_state"]
             self._resumed_state = True
