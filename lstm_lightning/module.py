@@ -32,11 +32,18 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
-from lstm_lightning import fused
+from lstm_lightning import fused, ranges
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
 from lstm_lightning.fused import idle_wrappers
 from lstm_lightning.model import LSTMLM, State, detach_state
+from lstm_lightning.ranges import (
+    HalfOpenUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from lstm_lightning.schedule import Schedule, lr_factor
 
 
@@ -74,31 +81,33 @@ class LanguageModel(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int,
-        hidden_size: int = 128,
-        embedding_size: int | None = None,
-        num_layers: int = 1,
-        dropout: float = 0.0,
+        vocab_size: PositiveInt,
+        hidden_size: PositiveInt = 128,
+        embedding_size: PositiveInt | None = None,
+        num_layers: PositiveInt = 1,
+        dropout: HalfOpenUnitInterval = 0.0,
         forget_bias: float = 1.0,
         parametrization: par.Parametrization = "mup",
-        base_hidden_size: int = 32,
-        init_std: float = 1.0,
+        base_hidden_size: PositiveInt = 32,
+        init_std: NonNegativeFloat = 1.0,
         embedding_mult: float = 1.0,
         output_mult: float = 1.0,
         readout_zero_init: bool = False,
         optimizer: par.OptimizerName = "adam",
-        learning_rate: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        learning_rate: NonNegativeFloat = 0.01,
+        momentum: NonNegativeFloat = 0.9,
+        weight_decay: NonNegativeFloat = 0.0,
+        betas: tuple[HalfOpenUnitInterval, HalfOpenUnitInterval] = (0.9, 0.999),
+        eps: PositiveFloat = 1e-8,
         schedule: Schedule = "constant",
-        warmup_steps: int = 0,
+        warmup_steps: NonNegativeInt = 0,
         carry_state: bool = False,
     ):
         super().__init__()
+        # The parser checks the range types on every command-line path; a model built in
+        # Python is checked here, with the same types and the same one-line error.
+        ranges.check(LanguageModel, "model", locals())
         self.save_hyperparameters()
-        validate_hparams(self.hparams)
         self.width_mult = par.width_mult(hidden_size, base_hidden_size)
         self.net = self.build(hidden_size)
         self.shapes = par.infer_shapes(self.build, hidden_size, base_hidden_size)
@@ -372,20 +381,3 @@ def make_optimizer(
         total_steps=int(total_steps) if bounded else 0,  # a constant schedule never reads it
     )
     return optimizer, LambdaLR(optimizer, factor)
-
-
-def validate_hparams(hp) -> None:
-    """Impossible values get one line naming the key and the fix."""
-    positive = ("hidden_size", "num_layers", "base_hidden_size", "vocab_size")
-    for key in positive:
-        check(hp[key] >= 1, f"model.{key} must be a positive integer, got {hp[key]}")
-    check(
-        hp.embedding_size is None or hp.embedding_size >= 1,
-        f"model.embedding_size must be positive or null, got {hp.embedding_size}",
-    )
-    check(0.0 <= hp.dropout < 1.0, f"model.dropout must be in [0, 1), got {hp.dropout}")
-    for key in ("learning_rate", "weight_decay", "momentum", "init_std"):
-        check(hp[key] >= 0, f"model.{key} must be >= 0, got {hp[key]}")
-    check(hp.eps > 0, f"model.eps must be > 0, got {hp.eps}")
-    check(all(0 <= b < 1 for b in hp.betas), f"model.betas must lie in [0, 1), got {hp.betas}")
-    check(hp.warmup_steps >= 0, f"model.warmup_steps must be >= 0, got {hp.warmup_steps}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lstm_lightning.cli import main
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, main
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.module import LanguageModel, make_optimizer
 from lstm_lightning.schedule import lr_factor
@@ -85,6 +85,29 @@ def test_impossible_values_name_the_key():
         LanguageModel(vocab_size=8, dropout=1.5)
     with pytest.raises(ValueError, match="model.betas must lie in \\[0, 1\\)"):
         LanguageModel(vocab_size=8, betas=(0.9, 1.0))
+
+
+RANGES = [  # argument, a value outside its range type, as the CLI takes it, the one line
+    ("hidden_size", 0, "0", "model.hidden_size must be a positive integer, got 0"),
+    ("embedding_size", 0, "0", "model.embedding_size must be a positive integer or null, got 0"),
+    ("dropout", 1.0, "1.0", "model.dropout must be in [0, 1), got 1.0"),
+    ("learning_rate", -0.5, "-0.5", "model.learning_rate must be >= 0, got -0.5"),
+    ("eps", 0.0, "0.0", "model.eps must be > 0, got 0.0"),
+    ("warmup_steps", -1, "-1", "model.warmup_steps must be >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("name, value, flag, line", RANGES, ids=[r[0] for r in RANGES])
+def test_range_types_refuse_the_same_way_in_python_and_on_the_command_line(
+    tiny, capsys, name, value, flag, line
+):
+    with pytest.raises(ConfigError) as refused:
+        LanguageModel(vocab_size=8, **{name: value})
+    assert str(refused.value) == line
+    assert main(["fit", *tiny(f"--model.{name}", flag)]) == EXIT_CONFIG_ERROR
+    assert [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln] == [
+        f"error: {line}"
+    ]
 
 
 def final_val_loss(tmp_path, *args: str) -> tuple[float, float]:
