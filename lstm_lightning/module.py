@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
-from lstm_lightning import fused, ranges
+from lstm_lightning import divergence, fused, ranges
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
 from lstm_lightning.fused import idle_wrappers
@@ -120,6 +120,7 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best = MinMetric()
         self._state: dict[str, State | None] = {}
         self.diverged_at_step: int | None = None
+        self.loss_limit: float | None = None  # set at the first step: lstm_lightning.divergence
         self.last_val_step: int | None = None  # global step of the latest validation
         self._last_train_loss: torch.Tensor | None = None  # kept on device: no sync a step
         # Each training batch takes its own optimizer steps (training_step), one per
@@ -185,13 +186,16 @@ class LanguageModel(L.LightningModule):
     ) -> torch.Tensor | None:
         """Automatic optimization's step on one batch (B, T+1): its loss, or None if it diverged."""
         loss, _ = self.model_step(batch, "train")
+        value = loss.item()  # the step's one host sync
+        if self.loss_limit is None:  # the run's first step (see lstm_lightning.divergence)
+            self.loss_limit = divergence.loss_limit(value, self.hparams.vocab_size)
         # Every rank takes the same decision, so DDP ranks skip the step together.
-        diverged = self.trainer.strategy.reduce_boolean_decision(
-            not math.isfinite(loss.item()), all=False
+        stop = self.trainer.strategy.reduce_boolean_decision(
+            divergence.diverged(value, self.loss_limit), all=False
         )
-        if diverged:
-            self.diverge(loss)
-            return None  # no backward, no optimizer step: weights stay finite
+        if stop:
+            self.diverge(value)
+            return None  # no backward, no optimizer step: weights stay as they were
         # self.log costs about 1 ms a call, more than a width-16 step's arithmetic: call
         # it only on the steps whose metrics the logger writes (log_every_n_steps).
         if may_log and fused.logs_now(self.trainer):
@@ -222,14 +226,13 @@ class LanguageModel(L.LightningModule):
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, self.gradient_clip_val)
 
-    def diverge(self, loss: torch.Tensor) -> None:
-        self.diverged_at_step = self.global_step
+    def diverge(self, loss: float) -> None:
+        self.diverged_at_step = step = self.global_step
         self.trainer.should_stop = True
         if self.trainer.is_global_zero:
             print(
-                f"diverged: train/loss is {loss.item()} at step {self.global_step}; run "
-                "stopped (lower model.learning_rate, add warm-up or set "
-                "trainer.gradient_clip_val)",
+                f"diverged: train/loss is {loss:.6g} at step {step}; run stopped (its limit is "
+                f"{self.loss_limit:.4g} nats; {divergence.hint(self.hparams, step)})",
                 file=sys.stderr,
             )
 
@@ -300,12 +303,15 @@ class LanguageModel(L.LightningModule):
         # the unit of its batch counts
         checkpoint["steps_per_batch"] = fused.steps_per_batch(self.trainer)
         checkpoint["tbptt_state"] = self._state.get("train")
+        checkpoint["loss_limit"] = self.loss_limit  # a resumed run keeps its divergence rule
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fused.restack_if_fitting(self, checkpoint)
+        if checkpoint.get("loss_limit") is not None:
+            self.loss_limit = checkpoint["loss_limit"]
         if checkpoint.get("tbptt_state") is not None:
             self._state["train"] = checkpoint["tbptt_state"]
             self._resumed_state = True

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lstm_lightning.cli import EXIT_CONFIG_ERROR, main
+from lstm_lightning import divergence
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
 from lstm_lightning.errors import ConfigError
+from lstm_lightning.fit import build_cli
 from lstm_lightning.module import LanguageModel, make_optimizer
 from lstm_lightning.schedule import lr_factor
 from tests.test_cli import scalars
@@ -157,3 +159,62 @@ def test_default_config_gets_close_to_the_floor(tmp_path):
     unigram = make_hmm(128, 64, 2, 4, seed=0).unigram_entropy()  # the data defaults
     assert loss < unigram - 2.0  # far below what a model without context reaches
     assert loss - floor < 0.12, (loss, floor)  # measured: 1.68 vs 1.60
+
+
+# --- divergence: the rule, the stop, the hint ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "first, vocab, loss, diverged",
+    [
+        (2.0, 16, 5.5, False),  # limit 2 * ln 16 = 5.55: twice a uniform guess
+        (2.0, 16, 5.6, True),
+        (12.0, 16, 23.9, False),  # an odd start (first loss 12) moves the limit to 24
+        (12.0, 16, 24.1, True),
+        (90.0, 16, 100.5, True),  # never above 100 nats
+        (float("nan"), 16, 5.5, False),  # a non-finite first loss counts as 0
+        (2.0, 16, float("nan"), True),
+        (2.0, 16, float("inf"), True),
+        (2.0, 16, 2e6, True),
+    ],
+)
+def test_divergence_rule(first, vocab, loss, diverged):
+    assert divergence.diverged(loss, divergence.loss_limit(first, vocab)) is diverged
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_an_exploding_loss_stops_the_run_as_diverged(tiny, capsys, optimizer):
+    # lr 1e6: the first update sends the loss to ~1e3 (SGD) or ~1e5 (Adam), finite.
+    flags = ["--model.optimizer", optimizer, "--model.learning_rate", "1e6"]
+    cli = build_cli(["fit", *tiny(*flags, steps=8)])
+    assert cli.model.diverged_at_step == 1 and cli.trainer.global_step == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert len(lines) == 1 and "at step 1;" in lines[0] and "model.learning_rate" in lines[0]
+    assert main(["fit", *tiny(*flags, steps=8)]) == EXIT_DIVERGED
+
+
+def test_a_resumed_run_keeps_its_divergence_limit():
+    model = LanguageModel(vocab_size=16, hidden_size=16)
+    model.on_load_checkpoint({"loss_limit": 7.5})
+    assert model.loss_limit == 7.5
+
+
+@pytest.mark.parametrize(
+    "overrides, step, names, not_named",
+    [
+        ({}, 5, ["lower model.learning_rate, add warm-up"], []),
+        ({"output_mult": 8.0}, 5, ["model.learning_rate or model.output_mult (now 8)"], []),
+        ({"init_std": 1e38}, 0, ["before any update: lower model.init_std"], ["learning_rate"]),
+        ({}, 0, ["model.output_mult or model.embedding_mult"], ["learning_rate"]),
+    ],
+)
+def test_the_divergence_hint_names_what_is_plausible(overrides, step, names, not_named):
+    hint = divergence.hint(LanguageModel(vocab_size=16, **overrides).hparams, step)
+    assert all(n in hint for n in names) and not any(n in hint for n in not_named), hint
+
+
+def test_a_nan_from_output_mult_does_not_blame_the_learning_rate(tiny, capsys):
+    assert main(["fit", *tiny("--model.output_mult", "1e30")]) == EXIT_DIVERGED
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert "at step 0;" in line and "lower model.output_mult (now 1e+30)" in line
+    assert "learning_rate" not in line
