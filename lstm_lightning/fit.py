@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lstm_lightning import ranges
+from lstm_lightning import checkpoints, ranges
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.fused import FusedSteps, StepProgressBar
@@ -67,6 +67,15 @@ class LSTMLightningCLI(LightningCLI):
             help="Redraw the progress bar every N steps, at most twice a second (a redraw "
             "costs more than a narrow LSTM step).",
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path's hyperparameters next: refuse a file that is not
+        # a checkpoint (or would run code) in one line first, before anything is written.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and (os.path.isfile(path) or path not in ("last", "hpc", "registry")):
+            checkpoints.load(path, mmap=True)  # weights_only=True; reads no tensor
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         settings = self.config_init.get(str(self.subcommand), self.config_init)

@@ -35,6 +35,7 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lstm_lightning import checkpoints
 from lstm_lightning.errors import check
 
 if TYPE_CHECKING:
@@ -233,8 +234,8 @@ def step_counts(
     if trainer.max_steps > epoch:  # the run crosses an epoch's end
         counts["the steps of a training epoch"] = epoch
     if ckpt_path is not None and os.path.isfile(ckpt_path):
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-        counts["the checkpoint's step (--ckpt_path)"] = checkpoint.get("global_step", 0)
+        step = checkpoints.load(ckpt_path, mmap=True).get("global_step", 0)  # mmap: no tensors read
+        counts["the checkpoint's step (--ckpt_path)"] = step
     return counts, None
 
 

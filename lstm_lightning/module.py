@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
-from lstm_lightning import divergence, fused, ranges
+from lstm_lightning import checkpoints, divergence, fused, ranges
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
 from lstm_lightning.fused import idle_wrappers
@@ -213,10 +213,12 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Fused steps (``data.steps_per_batch``) for any trainer that has none: its
-        ``setup`` resolves K, so a Trainer built by hand gets them as the CLI's does."""
-        has = any(isinstance(c, fused.FusedSteps) for c in self.trainer.callbacks)
-        return [] if has else [fused.FusedSteps()]
+        """For any trainer, the CLI's or one built by hand: fused steps (``FusedSteps``
+        resolves K, ``data.steps_per_batch``, in its ``setup``) and checkpoints loaded as
+        data (``SafeCheckpoints``); each unless the trainer has one."""
+        wanted = (fused.FusedSteps, checkpoints.SafeCheckpoints)
+        have = self.trainer.callbacks
+        return [kind() for kind in wanted if not any(isinstance(c, kind) for c in have)]
 
     def on_train_start(self) -> None:
         self._direct = idle_wrappers(self.trainer, self)

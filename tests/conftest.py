@@ -56,3 +56,24 @@ def tiny_args(tmp_path, *extra: str, steps: int = 4) -> list[str]:
 def tiny(tmp_path):
     """``tiny(*extra, steps=4)``: CLI flags for a tiny run writing under tmp_path."""
     return lambda *extra, steps=4: tiny_args(tmp_path, *extra, steps=steps)
+
+
+# --- core ---
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: the stand-in for any planted code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+@pytest.fixture
+def planted_checkpoint(tmp_path):
+    """(a .ckpt whose pickle would create ``marker`` if unpickled unsafely, marker)."""
+    path, marker = tmp_path / "planted.ckpt", tmp_path / "code_ran"
+    torch.save({"state_dict": {}, "global_step": 0, "payload": _Payload(marker)}, path)
+    return path, marker

@@ -48,7 +48,7 @@ def fit(tiny, tmp_path, name: str, *extra: str, steps: int = 24, code: int = 0) 
 
 def checkpoints(run: Path) -> dict[str, dict]:
     return {
-        p.name: torch.load(p, map_location="cpu", weights_only=False)
+        p.name: torch.load(p, map_location="cpu", weights_only=True)
         for p in sorted((run / "checkpoints").glob("*.ckpt"))
     }
 
@@ -223,7 +223,7 @@ def test_a_nan_in_the_middle_of_a_batch_stops_at_its_step(tiny, tmp_path, monkey
         run = fit(tiny, tmp_path, f"k{k}", "--data.steps_per_batch", k, code=EXIT_DIVERGED)
         lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
         assert len(lines) == 1 and "at step 6;" in lines[0], lines
-        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == 6  # the poisoned step was skipped
         assert curves(run)["hp/diverged_at_step"] == [(0, 6.0)]
         assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
