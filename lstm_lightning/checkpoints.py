@@ -11,6 +11,7 @@ model adds it in ``configure_callbacks``), before Lightning restores a checkpoin
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import zipfile
@@ -55,6 +56,14 @@ def load(path, map_location: Any = "cpu", mmap: bool = False, what: str = "--ckp
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"{what}: {path} is not a Lightning checkpoint")
     return checkpoint
+
+
+def check_ckpt_path(path: str | None) -> None:
+    """Refuse a ``--ckpt_path`` file that is missing or not a checkpoint, in one line; a
+    keyword (``last``, ``hpc``, ``registry...``) or a URL is left to Lightning."""
+    keyword = path in ("last", "hpc") or str(path).startswith("registry") or "://" in str(path)
+    if path is not None and (os.path.isfile(path) or not keyword):
+        load(path, mmap=True)  # weights_only=True; mmap: reads no tensor
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -73,9 +73,8 @@ class LSTMLightningCLI(LightningCLI):
         # LightningCLI reads --ckpt_path's hyperparameters next: refuse a file that is not
         # a checkpoint (or would run code) in one line first, before anything is written.
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and (os.path.isfile(path) or path not in ("last", "hpc", "registry")):
-            checkpoints.load(path, mmap=True)  # weights_only=True; reads no tensor
+        if subcommand:
+            checkpoints.check_ckpt_path(self.config[subcommand].get("ckpt_path"))
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         settings = self.config_init.get(str(self.subcommand), self.config_init)
