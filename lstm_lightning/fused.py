@@ -88,7 +88,7 @@ def resolve_steps_per_batch(
 
 class StepProgressBar(TQDMProgressBar):
     """The training bar counts optimizer steps, however many steps a Lightning batch holds
-    (``steps_per_batch``, set by the CLI), and redraws every ``refresh_rate`` of them but
+    (``steps_per_batch``, set by ``FusedSteps``), and redraws every ``refresh_rate`` of them but
     at most every ``min_interval`` seconds: a redraw (~1 ms) outlasts a narrow LSTM step."""
 
     steps_per_batch = 1
