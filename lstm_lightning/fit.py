@@ -19,10 +19,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lstm_lightning import ranges
+from lstm_lightning import checkpoints, ranges
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
-from lstm_lightning.fused import StepProgressBar, fuse_steps
+from lstm_lightning.fused import FusedSteps, StepProgressBar
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.requeue import RequeueOnSignal
 
@@ -68,10 +68,22 @@ class LSTMLightningCLI(LightningCLI):
             "costs more than a narrow LSTM step).",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path's hyperparameters next: refuse a file that is not
+        # a checkpoint (or would run code) in one line first, before anything is written.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            checkpoints.check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        settings = self.config_init.get(str(self.subcommand), self.config_init)
         if config.get("enable_progress_bar") is not False:
-            rate = self._get(self.config_init, "progress_refresh_rate")
+            rate = settings.get("progress_refresh_rate")
             callbacks = [*callbacks, StepProgressBar(refresh_rate=rate)]
+        fused = FusedSteps() if self.subcommand in (None, "fit") else None
+        if fused is not None:  # resolved again in its setup, with the fit's checkpoint
+            callbacks = [*callbacks, fused]
         if SLURMEnvironment.detect() and not config.get("plugins"):
             # Our callback checkpoints between steps on SIGUSR1 (see requeue.py), in place
             # of Lightning's handler, which checkpoints in the middle of one.
@@ -80,8 +92,8 @@ class LSTMLightningCLI(LightningCLI):
         trainer = super()._instantiate_trainer(config, callbacks)
         # Lightning clips only under automatic optimization; the model clips in its own steps.
         self.model.gradient_clip_val, trainer.gradient_clip_val = trainer.gradient_clip_val, None
-        if self.subcommand in (None, "fit"):
-            fuse_steps(trainer, self.datamodule, self._get(self.config, "ckpt_path"))
+        if fused is not None:  # refuse a K that cannot keep the settings before a file is written
+            fused.fuse(trainer, self.datamodule, settings.get("ckpt_path"))
         return trainer
 
 

@@ -5,10 +5,14 @@ LSTM step. With ``data.steps_per_batch`` = K, the training loader yields a (K, B
 stack and ``LanguageModel.training_step`` takes one optimizer step per sub-batch, so the
 fixed cost is paid once per K steps. Every setting keeps counting optimizer steps.
 
-Everything K needs lives here: the resolver, the collate that stacks, the settings that
-Lightning counts in batches, the progress bar, the direct-step test and the conversion
-of a checkpoint's batch counts between K. (This module is the redesign's landing place;
-see issue 10.)
+Everything K needs lives here: the resolver, the collate that stacks, the ``FusedSteps``
+callback (K resolved in ``setup`` for any ``Trainer``; the settings that Lightning counts
+in batches and the progress bar adapted), the step loop's bookkeeping (the logging
+counter, the direct step) and the conversion of a checkpoint's batch counts between K.
+
+Private Lightning APIs: this module and ``requeue`` are the only ones that use any; each
+use carries a comment naming what it reads and the version it was checked against, so
+widening the Lightning pin means reading these two files.
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lstm_lightning import checkpoints
 from lstm_lightning.errors import check
 
 if TYPE_CHECKING:
@@ -80,7 +88,7 @@ def resolve_steps_per_batch(
 
 class StepProgressBar(TQDMProgressBar):
     """The training bar counts optimizer steps, however many steps a Lightning batch holds
-    (``steps_per_batch``, set by the CLI), and redraws every ``refresh_rate`` of them but
+    (``steps_per_batch``, set by ``FusedSteps``), and redraws every ``refresh_rate`` of them but
     at most every ``min_interval`` seconds: a redraw (~1 ms) outlasts a narrow LSTM step."""
 
     steps_per_batch = 1
@@ -103,14 +111,68 @@ class StepProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws the bar once
 
 
-def fuse_steps(trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None) -> None:
-    """Resolve ``data.steps_per_batch`` (K) and make the settings that Lightning counts in
-    batches count batches of K steps, so that every setting keeps its meaning in steps.
+class FusedSteps(Callback):
+    """Fused steps for any ``Trainer``: resolves K (``data.steps_per_batch``) in ``setup`` and
+    makes the settings that Lightning counts in batches count batches of K steps, so that
+    every setting keeps its meaning in steps; ``teardown`` gives them back as they were.
 
-    ``max_steps``, ``log_every_n_steps`` and ``every_n_train_steps`` need no change: the
-    model counts ``global_step`` and Lightning's logging counter per step.
-    ``val_check_interval`` and ``limit_train_batches`` are divided by K.
+    ``LanguageModel.configure_callbacks`` adds one to a trainer that has none. The CLI adds
+    its own and calls ``fuse`` as soon as the trainer is built, so that a K that cannot
+    keep the settings is refused before anything is written; ``setup`` then resolves K
+    again with the checkpoint the fit resumes from (``trainer.ckpt_path``, ``last`` resolved).
     """
+
+    def __init__(self) -> None:
+        # (val_check_interval, limit_train_batches) as given, while they are translated
+        self.given: tuple | None = None
+
+    def setup(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        if stage == "fit" and data is not None and hasattr(data, "steps_per_batch"):
+            self.fuse(trainer, data, trainer.ckpt_path)
+            fit_progress_bar(trainer, pl_module, stage)
+
+    def teardown(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.restore(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: L.LightningModule, exception) -> None:
+        self.restore(trainer)
+
+    def restore(self, trainer: Trainer) -> None:
+        if self.given is not None:
+            trainer.val_check_interval, trainer.limit_train_batches = self.given
+            self.given = None
+
+    def fuse(self, trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None) -> None:
+        """Resolve K and translate the settings; calling it again starts from the given ones.
+
+        ``max_steps``, ``log_every_n_steps`` and ``every_n_train_steps`` need no change: the
+        model counts ``global_step`` and Lightning's logging counter per step.
+        ``val_check_interval`` and ``limit_train_batches`` are divided by K.
+        """
+        self.restore(trainer)
+        check_supported(trainer)
+        counts, only_one = step_counts(trainer, data, ckpt_path)
+        k = resolve_steps_per_batch(data.hparams.steps_per_batch, counts, only_one)
+        data.steps_per_batch = k
+        if isinstance(trainer.progress_bar_callback, StepProgressBar):
+            trainer.progress_bar_callback.steps_per_batch = k
+        self.given = (trainer.val_check_interval, trainer.limit_train_batches)
+        if k == 1:
+            return
+        epoch = train_steps(trainer, data)
+        interval = trainer.val_check_interval
+        if isinstance(interval, int):
+            trainer.val_check_interval = interval // k
+        elif isinstance(interval, float) and interval != 1.0:
+            trainer.val_check_interval = int(epoch * interval) // k
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int) or limit != 1.0:
+            trainer.limit_train_batches = epoch // k
+
+
+def check_supported(trainer: Trainer) -> None:
+    """Refuse the settings that cannot work when a batch takes its own optimizer steps."""
     check(
         trainer.accumulate_grad_batches == 1,
         "trainer.accumulate_grad_batches is not supported (each training batch takes its own "
@@ -118,26 +180,26 @@ def fuse_steps(trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None
     )
     for callback in trainer.checkpoint_callbacks:
         check(
+            # ModelCheckpoint._train_time_interval: its train_time_interval (a timedelta or
+            # None); checked against Lightning 2.6.6
             callback._train_time_interval is None,
             "checkpoint.train_time_interval is not supported (Lightning ignores it under manual "
             "optimization); use checkpoint.every_n_train_steps",
         )
-    counts, only_one = step_counts(trainer, data, ckpt_path)
-    k = resolve_steps_per_batch(data.hparams.steps_per_batch, counts, only_one)
-    data.steps_per_batch = k
-    if isinstance(trainer.progress_bar_callback, StepProgressBar):
-        trainer.progress_bar_callback.steps_per_batch = k
-    if k == 1:
-        return
-    epoch = train_steps(trainer, data)
-    interval = trainer.val_check_interval
-    if isinstance(interval, int):
-        trainer.val_check_interval = interval // k
-    elif isinstance(interval, float) and interval != 1.0:
-        trainer.val_check_interval = int(epoch * interval) // k
-    limit = trainer.limit_train_batches
-    if isinstance(limit, int) or limit != 1.0:
-        trainer.limit_train_batches = epoch // k
+
+
+def fit_progress_bar(trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    """Put a ``StepProgressBar`` in place of Lightning's default bar (tqdm's, or rich's
+    where rich is installed), which would count Lightning batches of K steps."""
+    for i, default in enumerate(trainer.callbacks):
+        if type(default) not in (TQDMProgressBar, RichProgressBar):
+            continue
+        bar = StepProgressBar(refresh_rate=default.refresh_rate)
+        bar.steps_per_batch = trainer.datamodule.steps_per_batch
+        if not default.is_enabled:
+            bar.disable()
+        bar.setup(trainer, pl_module, stage)  # the default's setup may have run already
+        trainer.callbacks[i] = bar
 
 
 def train_steps(trainer: Trainer, data: SequenceDataModule) -> int:
@@ -165,13 +227,15 @@ def step_counts(
     elif isinstance(interval, float) and interval != 1.0:
         counts[f"trainer.val_check_interval ({interval} of {epoch} steps)"] = int(epoch * interval)
     for callback in trainer.checkpoint_callbacks:
+        # ModelCheckpoint._every_n_train_steps: its every_n_train_steps (0: off); checked
+        # against Lightning 2.6.6
         if callback._every_n_train_steps > 0:
             counts["checkpoint.every_n_train_steps"] = callback._every_n_train_steps
     if trainer.max_steps > epoch:  # the run crosses an epoch's end
         counts["the steps of a training epoch"] = epoch
     if ckpt_path is not None and os.path.isfile(ckpt_path):
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-        counts["the checkpoint's step (--ckpt_path)"] = checkpoint.get("global_step", 0)
+        step = checkpoints.load(ckpt_path, mmap=True).get("global_step", 0)  # mmap: no tensors read
+        counts["the checkpoint's step (--ckpt_path)"] = step
     return counts, None
 
 
@@ -195,6 +259,56 @@ def idle_wrappers(trainer: L.Trainer, module: L.LightningModule) -> bool:
     )
 
 
+# --- the step loop's bookkeeping (LanguageModel.training_step) -----------------------------
+
+
+def steps_per_batch(trainer: Trainer) -> int:
+    """K: the training batches in one Lightning batch (``data.steps_per_batch``; 1 without one)."""
+    return getattr(trainer.datamodule, "steps_per_batch", 1)
+
+
+def logging_step(trainer: Trainer) -> int:
+    """Lightning's logging counter: the step a value logged now is written at."""
+    # _TrainingEpochLoop._batches_that_stepped: batches stepped so far (it adds 1 after
+    # each batch); checked against Lightning 2.6.6
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def set_logging_step(trainer: Trainer, step: int) -> None:
+    """Move the logging counter, so the logged step and a validation's step count steps."""
+    # _TrainingEpochLoop._batches_that_stepped, as above; checked against Lightning 2.6.6
+    trainer.fit_loop.epoch_loop._batches_that_stepped = step
+
+
+def logs_now(trainer: Trainer) -> bool:
+    """Whether the logger writes what is logged at this step (``log_every_n_steps``)."""
+    # _LoggerConnector.should_update_logs: reads the counter above and log_every_n_steps;
+    # checked against Lightning 2.6.6
+    return trainer._logger_connector.should_update_logs
+
+
+def step_directly(optimizer: LightningOptimizer, before_step: Callable[[object], None]) -> None:
+    """``LightningOptimizer.step`` without its wrappers (where ``idle_wrappers`` holds): the
+    torch optimizer's step between manual optimization's counting callbacks, which count
+    ``trainer.global_step`` as ``step`` does; ``before_step`` is ``on_before_optimizer_step``."""
+    # LightningOptimizer._on_before_step/_on_after_step: set by _ManualOptimization to
+    # count optim_step_progress (ready, completed); checked against Lightning 2.6.6
+    optimizer._on_before_step()
+    before_step(optimizer)
+    optimizer.optimizer.step()
+    optimizer._on_after_step()
+
+
+def restack_if_fitting(module: L.LightningModule, checkpoint: dict) -> None:
+    """On a checkpoint load for a fit, make its batch counts count this fit's batches of K
+    (``restack_progress``), before Lightning reads them; a load without a fit keeps them."""
+    # LightningModule._trainer: the trainer, or None (the public .trainer raises then);
+    # checked against Lightning 2.6.6
+    trainer = module._trainer
+    if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+        restack_progress(checkpoint, steps_per_batch(trainer))
+
+
 def restack_progress(checkpoint: dict, steps_per_batch: int) -> None:
     """Make a checkpoint's training progress count Lightning batches of ``steps_per_batch``.
 
@@ -203,6 +317,8 @@ def restack_progress(checkpoint: dict, steps_per_batch: int) -> None:
     several steps (automatic optimization, K = 1) kept its step count elsewhere: it moves
     to where manual optimization keeps it, so ``global_step`` resumes where it stopped.
     """
+    # The fit loop's state_dict keys below (batch_progress, the optimization progress of
+    # both modes): Lightning's checkpoint format, checked against Lightning 2.6.6
     loop = checkpoint.get("loops", {}).get("fit_loop")
     if loop is None:
         return

@@ -13,6 +13,8 @@ hooks and wrappers (a width-16 step is ~6 ms). Where those would only call hooks
 nothing (``idle_wrappers``: one process, 32-bit precision, no callback or profiler
 listening), a step calls torch directly and counts itself in ``global_step`` through the
 very callbacks ``LightningOptimizer.step`` calls; anywhere else it goes through Lightning.
+The Lightning internals this needs are behind small functions in ``lstm_lightning.fused``,
+and ``configure_callbacks`` adds its ``FusedSteps``, so any Trainer resolves K.
 """
 
 from __future__ import annotations
@@ -26,15 +28,22 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
+from lstm_lightning import checkpoints, divergence, fused, ranges
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
-from lstm_lightning.fused import idle_wrappers, restack_progress
+from lstm_lightning.fused import idle_wrappers
 from lstm_lightning.model import LSTMLM, State, detach_state
+from lstm_lightning.ranges import (
+    HalfOpenUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from lstm_lightning.schedule import Schedule, lr_factor
 
 
@@ -72,31 +81,33 @@ class LanguageModel(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int,
-        hidden_size: int = 128,
-        embedding_size: int | None = None,
-        num_layers: int = 1,
-        dropout: float = 0.0,
+        vocab_size: PositiveInt,
+        hidden_size: PositiveInt = 128,
+        embedding_size: PositiveInt | None = None,
+        num_layers: PositiveInt = 1,
+        dropout: HalfOpenUnitInterval = 0.0,
         forget_bias: float = 1.0,
         parametrization: par.Parametrization = "mup",
-        base_hidden_size: int = 32,
-        init_std: float = 1.0,
+        base_hidden_size: PositiveInt = 32,
+        init_std: NonNegativeFloat = 1.0,
         embedding_mult: float = 1.0,
         output_mult: float = 1.0,
         readout_zero_init: bool = False,
         optimizer: par.OptimizerName = "adam",
-        learning_rate: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        learning_rate: NonNegativeFloat = 0.01,
+        momentum: NonNegativeFloat = 0.9,
+        weight_decay: NonNegativeFloat = 0.0,
+        betas: tuple[HalfOpenUnitInterval, HalfOpenUnitInterval] = (0.9, 0.999),
+        eps: PositiveFloat = 1e-8,
         schedule: Schedule = "constant",
-        warmup_steps: int = 0,
+        warmup_steps: NonNegativeInt = 0,
         carry_state: bool = False,
     ):
         super().__init__()
+        # The parser checks the range types on every command-line path; a model built in
+        # Python is checked here, with the same types and the same one-line error.
+        ranges.check(LanguageModel, "model", locals())
         self.save_hyperparameters()
-        validate_hparams(self.hparams)
         self.width_mult = par.width_mult(hidden_size, base_hidden_size)
         self.net = self.build(hidden_size)
         self.shapes = par.infer_shapes(self.build, hidden_size, base_hidden_size)
@@ -109,6 +120,7 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best = MinMetric()
         self._state: dict[str, State | None] = {}
         self.diverged_at_step: int | None = None
+        self.loss_limit: float | None = None  # set at the first step: lstm_lightning.divergence
         self.last_val_step: int | None = None  # global step of the latest validation
         self._last_train_loss: torch.Tensor | None = None  # kept on device: no sync a step
         # Each training batch takes its own optimizer steps (training_step), one per
@@ -153,15 +165,14 @@ class LanguageModel(L.LightningModule):
         """One optimizer step per batch of the stack (K, B, T+1); the last step's loss, or
         None when a step diverged (the run then stops)."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        loop = self.trainer.fit_loop.epoch_loop
-        first, last = loop._batches_that_stepped, len(stack) - 1  # the counter lags a step
+        first, last = fused.logging_step(self.trainer), len(stack) - 1  # it lags a step
         loss = taken = None
         for i, batch in enumerate(stack):
             # Advance Lightning's logging counter per step (it adds 1 after the batch): the
             # logged step and a validation's step count steps, not batches. Every count of
             # steps is a multiple of K (data.steps_per_batch), so only a batch's last step
             # can be a logging step, and a validation follows a batch's last step.
-            loop._batches_that_stepped = first + i
+            fused.set_logging_step(self.trainer, first + i)
             loss = self.optimizer_step_on(batch, optimizer, scheduler, may_log=i == last)
             if loss is None:
                 break
@@ -175,31 +186,39 @@ class LanguageModel(L.LightningModule):
     ) -> torch.Tensor | None:
         """Automatic optimization's step on one batch (B, T+1): its loss, or None if it diverged."""
         loss, _ = self.model_step(batch, "train")
+        value = loss.item()  # the step's one host sync
+        if self.loss_limit is None:  # the run's first step (see lstm_lightning.divergence)
+            self.loss_limit = divergence.loss_limit(value, self.hparams.vocab_size)
         # Every rank takes the same decision, so DDP ranks skip the step together.
-        diverged = self.trainer.strategy.reduce_boolean_decision(
-            not math.isfinite(loss.item()), all=False
+        stop = self.trainer.strategy.reduce_boolean_decision(
+            divergence.diverged(value, self.loss_limit), all=False
         )
-        if diverged:
-            self.diverge(loss)
-            return None  # no backward, no optimizer step: weights stay finite
+        if stop:
+            self.diverge(value)
+            return None  # no backward, no optimizer step: weights stay as they were
         # self.log costs about 1 ms a call, more than a width-16 step's arithmetic: call
         # it only on the steps whose metrics the logger writes (log_every_n_steps).
-        if may_log and self.trainer._logger_connector.should_update_logs:
+        if may_log and fused.logs_now(self.trainer):
             # sync_dist: under DDP the logged loss is the global batch's, not rank 0's half.
             self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         if self._direct:  # what the wrappers below do, minus hooks that would do nothing
             self.net.zero_grad()  # the optimizer's parameters; ~70 us sooner than its zero_grad
             loss.backward()
-            optimizer._on_before_step()  # counts trainer.global_step, as step() does
-            self.on_before_optimizer_step(optimizer)
-            optimizer.optimizer.step()
-            optimizer._on_after_step()
+            fused.step_directly(optimizer, self.on_before_optimizer_step)  # counts global_step
         else:
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()  # counts trainer.global_step; calls on_before_optimizer_step
         scheduler.step()
         return loss
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """For any trainer, the CLI's or one built by hand: fused steps (``FusedSteps``
+        resolves K, ``data.steps_per_batch``, in its ``setup``) and checkpoints loaded as
+        data (``SafeCheckpoints``); each unless the trainer has one."""
+        wanted = (fused.FusedSteps, checkpoints.SafeCheckpoints)
+        have = self.trainer.callbacks
+        return [kind() for kind in wanted if not any(isinstance(c, kind) for c in have)]
 
     def on_train_start(self) -> None:
         self._direct = idle_wrappers(self.trainer, self)
@@ -209,14 +228,13 @@ class LanguageModel(L.LightningModule):
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, self.gradient_clip_val)
 
-    def diverge(self, loss: torch.Tensor) -> None:
-        self.diverged_at_step = self.global_step
+    def diverge(self, loss: float) -> None:
+        self.diverged_at_step = step = self.global_step
         self.trainer.should_stop = True
         if self.trainer.is_global_zero:
             print(
-                f"diverged: train/loss is {loss.item()} at step {self.global_step}; run "
-                "stopped (lower model.learning_rate, add warm-up or set "
-                "trainer.gradient_clip_val)",
+                f"diverged: train/loss is {loss:.6g} at step {step}; run stopped (its limit is "
+                f"{self.loss_limit:.4g} nats; {divergence.hint(self.hparams, step)})",
                 file=sys.stderr,
             )
 
@@ -283,20 +301,19 @@ class LanguageModel(L.LightningModule):
 
     # --- checkpoints: what an exact resume needs beyond weights and optimizer ---------
 
-    def steps_per_batch(self) -> int:
-        """K: the training batches in one Lightning batch (``data.steps_per_batch``)."""
-        return getattr(getattr(self.trainer, "datamodule", None), "steps_per_batch", 1)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["steps_per_batch"] = self.steps_per_batch()  # the unit of its batch counts
+        # the unit of its batch counts
+        checkpoint["steps_per_batch"] = fused.steps_per_batch(self.trainer)
         checkpoint["tbptt_state"] = self._state.get("train")
+        checkpoint["loss_limit"] = self.loss_limit  # a resumed run keeps its divergence rule
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            restack_progress(checkpoint, self.steps_per_batch())  # before Lightning reads it
+        fused.restack_if_fitting(self, checkpoint)
+        if checkpoint.get("loss_limit") is not None:
+            self.loss_limit = checkpoint["loss_limit"]
         if checkpoint.get("tbptt_state") is not None:
             self._state["train"] = checkpoint["tbptt_state"]
             self._resumed_state = True
@@ -331,45 +348,44 @@ class LanguageModel(L.LightningModule):
     # --- optimization --------------------------------------------------------------
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = par.param_groups(
-            self.net.named_parameters(),
-            self.shapes,
-            hp.optimizer,
-            hp.parametrization,
-            hp.learning_rate,
-            hp.weight_decay,
+        optimizer, scheduler = make_optimizer(
+            self.hparams, self.net, self.shapes, self.trainer.estimated_stepping_batches
         )
-        optimizer = par.build_optimizer(
-            groups, hp.optimizer, hp.learning_rate, hp.momentum, hp.betas, hp.eps
-        )
-        total = self.trainer.estimated_stepping_batches
-        check(
-            hp.schedule == "constant" or total != float("inf"),
-            f"model.schedule: {hp.schedule} needs a finite run; set trainer.max_steps",
-        )
-        factor = functools.partial(
-            lr_factor, schedule=hp.schedule, warmup_steps=hp.warmup_steps, total_steps=int(total)
-        )
-        scheduler = LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
 
-def validate_hparams(hp) -> None:
-    """Impossible values get one line naming the key and the fix."""
-    positive = ("hidden_size", "num_layers", "base_hidden_size", "vocab_size")
-    for key in positive:
-        check(hp[key] >= 1, f"model.{key} must be a positive integer, got {hp[key]}")
-    check(
-        hp.embedding_size is None or hp.embedding_size >= 1,
-        f"model.embedding_size must be positive or null, got {hp.embedding_size}",
+def make_optimizer(
+    hp, net: torch.nn.Module, shapes: dict[str, par.ParamShape], total_steps: int | float | None
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """The optimizer (muP's per-group learning rates and weight decays) and its schedule.
+
+    ``hp`` is the model's hyperparameters (``LanguageModel.hparams``), ``shapes`` its
+    ``par.infer_shapes`` of ``net``; ``total_steps`` is the run's optimizer steps, or None
+    (or inf) when unbounded, which only a constant schedule allows.
+    """
+    groups = par.param_groups(
+        net.named_parameters(),
+        shapes,
+        hp["optimizer"],
+        hp["parametrization"],
+        hp["learning_rate"],
+        hp["weight_decay"],
     )
-    check(0.0 <= hp.dropout < 1.0, f"model.dropout must be in [0, 1), got {hp.dropout}")
-    for key in ("learning_rate", "weight_decay", "momentum", "init_std"):
-        check(hp[key] >= 0, f"model.{key} must be >= 0, got {hp[key]}")
-    check(hp.eps > 0, f"model.eps must be > 0, got {hp.eps}")
-    check(all(0 <= b < 1 for b in hp.betas), f"model.betas must lie in [0, 1), got {hp.betas}")
-    check(hp.warmup_steps >= 0, f"model.warmup_steps must be >= 0, got {hp.warmup_steps}")
+    optimizer = par.build_optimizer(
+        groups, hp["optimizer"], hp["learning_rate"], hp["momentum"], hp["betas"], hp["eps"]
+    )
+    bounded = total_steps is not None and math.isfinite(total_steps)
+    check(
+        hp["schedule"] == "constant" or bounded,
+        f"model.schedule: {hp['schedule']} needs a finite run; set trainer.max_steps",
+    )
+    factor = functools.partial(
+        lr_factor,
+        schedule=hp["schedule"],
+        warmup_steps=hp["warmup_steps"],
+        total_steps=int(total_steps) if bounded else 0,  # a constant schedule never reads it
+    )
+    return optimizer, LambdaLR(optimizer, factor)

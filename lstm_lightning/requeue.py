@@ -57,6 +57,8 @@ class RequeueOnSignal(Callback):
         # Ranks may see the signal a batch apart: stop when any rank has seen it.
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             return
+        # _CheckpointConnector.hpc_save_path: the next free hpc_ckpt_N.ckpt in the folder,
+        # where Lightning looks on restart; checked against Lightning 2.6.6
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
         if trainer.is_global_zero:

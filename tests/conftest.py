@@ -220,3 +220,24 @@ def transfer_sweep(tmp_path_factory) -> tuple[Path, dict]:
     FakeRuns.write_curves(root, FakeRuns.quadratic(FakeRuns.MUP_OPTIMA), seeds=(0, 1))
     FakeRuns.write_curves(root, FakeRuns.quadratic(FakeRuns.SP_OPTIMA), param="sp", seeds=(0, 1))
     return root, write_report(root)
+
+
+# --- core ---
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: the stand-in for any planted code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+@pytest.fixture
+def planted_checkpoint(tmp_path):
+    """(a .ckpt whose pickle would create ``marker`` if unpickled unsafely, marker)."""
+    path, marker = tmp_path / "planted.ckpt", tmp_path / "code_ran"
+    torch.save({"state_dict": {}, "global_step": 0, "payload": _Payload(marker)}, path)
+    return path, marker

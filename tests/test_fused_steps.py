@@ -7,12 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lstm_lightning.module
 from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
+from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.fit import build_cli
 from lstm_lightning.fused import (
@@ -45,7 +48,7 @@ def fit(tiny, tmp_path, name: str, *extra: str, steps: int = 24, code: int = 0) 
 
 def checkpoints(run: Path) -> dict[str, dict]:
     return {
-        p.name: torch.load(p, map_location="cpu", weights_only=False)
+        p.name: torch.load(p, map_location="cpu", weights_only=True)
         for p in sorted((run / "checkpoints").glob("*.ckpt"))
     }
 
@@ -220,10 +223,51 @@ def test_a_nan_in_the_middle_of_a_batch_stops_at_its_step(tiny, tmp_path, monkey
         run = fit(tiny, tmp_path, f"k{k}", "--data.steps_per_batch", k, code=EXIT_DIVERGED)
         lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
         assert len(lines) == 1 and "at step 6;" in lines[0], lines
-        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == 6  # the poisoned step was skipped
         assert curves(run)["hp/diverged_at_step"] == [(0, 6.0)]
         assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+
+
+class Probe(L.Callback):
+    """What a fit's training sees: K, the translated settings, the shape of a batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            data = trainer.datamodule
+            self.seen = (data.steps_per_batch, trainer.val_check_interval, tuple(batch.shape))
+
+
+def fit_by_hand(tmp_path, name: str, steps_per_batch) -> tuple[Path, L.Trainer, Probe]:
+    """A fit as a notebook writes it: a Trainer, a model and a data module, no CLI."""
+    L.seed_everything(0)
+    data = SequenceDataModule(
+        synthetic_tokens=32768, synthetic_states=16, synthetic_vocab=16, seq_len=16,
+        batch_size=8, steps_per_batch=steps_per_batch,
+    )  # fmt: skip
+    model = LanguageModel(vocab_size=data.vocab_size, hidden_size=16, base_hidden_size=16)
+    probe = Probe()
+    trainer = L.Trainer(
+        max_steps=24, val_check_interval=8, check_val_every_n_epoch=None, limit_val_batches=4,
+        log_every_n_steps=4, num_sanity_val_steps=0, enable_model_summary=False,
+        logger=TensorBoardLogger(tmp_path / name, name="lstm"), callbacks=[probe],
+        default_root_dir=tmp_path / name,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return tmp_path / name / "lstm" / "version_0", trainer, probe
+
+
+def test_a_trainer_built_by_hand_gets_fused_steps(tmp_path):
+    one, _, probe_one = fit_by_hand(tmp_path, "k1", 1)
+    auto, trainer, probe = fit_by_hand(tmp_path, "auto", "auto")
+    assert probe_one.seen == (1, 8, (1, 8, 17))
+    assert probe.seen == (4, 2, (4, 8, 17))  # K = 4: a validation every 2 batches of 4 steps
+    assert curves(one) == curves(auto)
+    assert [s for s, _ in curves(auto)["val/loss"]] == [7, 15, 23]
+    assert trainer.global_step == 24
+    assert trainer.val_check_interval == 8  # given back as the user set it
+    assert isinstance(trainer.progress_bar_callback, StepProgressBar)
+    assert trainer.progress_bar_callback.steps_per_batch == 4
 
 
 # --- checkpoints across K -----------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from lstm_lightning.cli import main
-from lstm_lightning.module import LanguageModel
+from lstm_lightning import divergence
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
+from lstm_lightning.errors import ConfigError
+from lstm_lightning.fit import build_cli
+from lstm_lightning.module import LanguageModel, make_optimizer
 from lstm_lightning.schedule import lr_factor
 from tests.test_cli import scalars
 
@@ -31,9 +32,7 @@ def test_lr_factor(schedule, step, expected):
 
 
 def with_optimizers(model: LanguageModel, total_steps: int = 100):
-    model.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)
-    config = model.configure_optimizers()
-    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+    return make_optimizer(model.hparams, model.net, model.shapes, total_steps)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -57,6 +56,16 @@ def test_schedule_keeps_the_mup_ratios_between_groups(optimizer):
             assert group["lr"] == pytest.approx(lr0 * factor, rel=1e-12)
 
 
+@pytest.mark.parametrize("total_steps", [None, float("inf")])
+def test_an_unbounded_run_allows_only_a_constant_schedule(total_steps):
+    constant = LanguageModel(vocab_size=16, hidden_size=16, warmup_steps=2)
+    _, scheduler = with_optimizers(constant, total_steps)
+    assert [scheduler.lr_lambdas[0](s) for s in (0, 1, 10**9)] == [0.5, 1.0, 1.0]
+    cosine = LanguageModel(vocab_size=16, hidden_size=16, schedule="cosine")
+    with pytest.raises(ConfigError, match="model.schedule: cosine needs a finite run"):
+        with_optimizers(cosine, total_steps)
+
+
 def test_carried_state_equals_one_long_sequence():
     # TBPTT: two chunks with the state carried give the logits of one forward pass over
     # both, so contiguous batching loses no context at chunk edges.
@@ -78,6 +87,29 @@ def test_impossible_values_name_the_key():
         LanguageModel(vocab_size=8, dropout=1.5)
     with pytest.raises(ValueError, match="model.betas must lie in \\[0, 1\\)"):
         LanguageModel(vocab_size=8, betas=(0.9, 1.0))
+
+
+RANGES = [  # argument, a value outside its range type, as the CLI takes it, the one line
+    ("hidden_size", 0, "0", "model.hidden_size must be a positive integer, got 0"),
+    ("embedding_size", 0, "0", "model.embedding_size must be a positive integer or null, got 0"),
+    ("dropout", 1.0, "1.0", "model.dropout must be in [0, 1), got 1.0"),
+    ("learning_rate", -0.5, "-0.5", "model.learning_rate must be >= 0, got -0.5"),
+    ("eps", 0.0, "0.0", "model.eps must be > 0, got 0.0"),
+    ("warmup_steps", -1, "-1", "model.warmup_steps must be >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("name, value, flag, line", RANGES, ids=[r[0] for r in RANGES])
+def test_range_types_refuse_the_same_way_in_python_and_on_the_command_line(
+    tiny, capsys, name, value, flag, line
+):
+    with pytest.raises(ConfigError) as refused:
+        LanguageModel(vocab_size=8, **{name: value})
+    assert str(refused.value) == line
+    assert main(["fit", *tiny(f"--model.{name}", flag)]) == EXIT_CONFIG_ERROR
+    assert [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln] == [
+        f"error: {line}"
+    ]
 
 
 def final_val_loss(tmp_path, *args: str) -> tuple[float, float]:
@@ -127,3 +159,62 @@ def test_default_config_gets_close_to_the_floor(tmp_path):
     unigram = make_hmm(128, 64, 2, 4, seed=0).unigram_entropy()  # the data defaults
     assert loss < unigram - 2.0  # far below what a model without context reaches
     assert loss - floor < 0.12, (loss, floor)  # measured: 1.68 vs 1.60
+
+
+# --- divergence: the rule, the stop, the hint ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "first, vocab, loss, diverged",
+    [
+        (2.0, 16, 5.5, False),  # limit 2 * ln 16 = 5.55: twice a uniform guess
+        (2.0, 16, 5.6, True),
+        (12.0, 16, 23.9, False),  # an odd start (first loss 12) moves the limit to 24
+        (12.0, 16, 24.1, True),
+        (90.0, 16, 100.5, True),  # never above 100 nats
+        (float("nan"), 16, 5.5, False),  # a non-finite first loss counts as 0
+        (2.0, 16, float("nan"), True),
+        (2.0, 16, float("inf"), True),
+        (2.0, 16, 2e6, True),
+    ],
+)
+def test_divergence_rule(first, vocab, loss, diverged):
+    assert divergence.diverged(loss, divergence.loss_limit(first, vocab)) is diverged
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_an_exploding_loss_stops_the_run_as_diverged(tiny, capsys, optimizer):
+    # lr 1e6: the first update sends the loss to ~1e3 (SGD) or ~1e5 (Adam), finite.
+    flags = ["--model.optimizer", optimizer, "--model.learning_rate", "1e6"]
+    cli = build_cli(["fit", *tiny(*flags, steps=8)])
+    assert cli.model.diverged_at_step == 1 and cli.trainer.global_step == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert len(lines) == 1 and "at step 1;" in lines[0] and "model.learning_rate" in lines[0]
+    assert main(["fit", *tiny(*flags, steps=8)]) == EXIT_DIVERGED
+
+
+def test_a_resumed_run_keeps_its_divergence_limit():
+    model = LanguageModel(vocab_size=16, hidden_size=16)
+    model.on_load_checkpoint({"loss_limit": 7.5})
+    assert model.loss_limit == 7.5
+
+
+@pytest.mark.parametrize(
+    "overrides, step, names, not_named",
+    [
+        ({}, 5, ["lower model.learning_rate, add warm-up"], []),
+        ({"output_mult": 8.0}, 5, ["model.learning_rate or model.output_mult (now 8)"], []),
+        ({"init_std": 1e38}, 0, ["before any update: lower model.init_std"], ["learning_rate"]),
+        ({}, 0, ["model.output_mult or model.embedding_mult"], ["learning_rate"]),
+    ],
+)
+def test_the_divergence_hint_names_what_is_plausible(overrides, step, names, not_named):
+    hint = divergence.hint(LanguageModel(vocab_size=16, **overrides).hparams, step)
+    assert all(n in hint for n in names) and not any(n in hint for n in not_named), hint
+
+
+def test_a_nan_from_output_mult_does_not_blame_the_learning_rate(tiny, capsys):
+    assert main(["fit", *tiny("--model.output_mult", "1e30")]) == EXIT_DIVERGED
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
+    assert "at step 0;" in line and "lower model.output_mult (now 1e+30)" in line
+    assert "learning_rate" not in line

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
-from lstm_lightning.cli import main
+from lstm_lightning.checkpoints import SafeCheckpointIO
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, main
+from lstm_lightning.data import SequenceDataModule
+from lstm_lightning.errors import ConfigError
 from lstm_lightning.fused import restack_progress
+from lstm_lightning.module import LanguageModel
 from tests.test_cli import scalars
 
 # 4096 tokens make epochs of 28 steps: stopping at 36 stops inside epoch 1, with dropout
@@ -54,7 +59,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(fit, batching, steps_per_b
 def as_automatic_optimization(path, out) -> None:
     """The checkpoint as this project wrote it before a batch could hold several steps:
     one step a batch, and the step count where automatic optimization keeps it."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     restack_progress(ckpt, 1)
     del ckpt["steps_per_batch"]
     loop = ckpt["loops"]["fit_loop"]
@@ -75,3 +80,36 @@ def test_resume_with_another_k_or_from_automatic_optimization(fit, tmp_path):
     legacy = tmp_path / "automatic.ckpt"
     as_automatic_optimization(mid, legacy)
     assert_continues(fit("legacy", 40, "--ckpt_path", str(legacy)), whole, "legacy")  # auto: 4
+
+
+# --- checkpoints are data: a planted pickle never runs -------------------------------------
+
+
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_a_planted_checkpoint_is_refused_in_one_line(
+    tiny, tmp_path, capsys, command, planted_checkpoint
+):
+    path, marker = planted_checkpoint
+    assert main([command, *tiny(), "--ckpt_path", str(path)]) == EXIT_CONFIG_ERROR
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert errors == [
+        f"error: --ckpt_path: {path} holds a Python object (getattr) that a checkpoint never "
+        "needs; refused unread (nothing in it ran). Use a checkpoint this project wrote"
+    ]
+    assert not marker.exists()
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_lightning_loads_ckpt_path_as_data_whatever_weights_only_says(tmp_path, planted_checkpoint):
+    # A Trainer built by hand, asking Lightning for weights_only=False: the model's
+    # SafeCheckpoints callback still loads with the weights-only unpickler.
+    path, marker = planted_checkpoint
+    data = SequenceDataModule(synthetic_tokens=4096, synthetic_states=16, synthetic_vocab=16)
+    model = LanguageModel(vocab_size=data.vocab_size, hidden_size=16, base_hidden_size=16)
+    trainer = L.Trainer(max_steps=4, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ConfigError, match="holds a Python object"):
+        trainer.fit(model, datamodule=data, ckpt_path=path, weights_only=False)
+    assert not marker.exists()
+    with pytest.raises(ConfigError, match="holds a Python object"):
+        SafeCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
