@@ -108,7 +108,7 @@ def test_cli_flags(config, tmp_path, capsys):
     # The CLI builds flags from main's signature; --check is a switch.
     args = ["--config", config, "--widths", "16,32", "--steps", "1", "--seeds", "1"]
     args += ["--parametrization", "mup", "--out", str(tmp_path), "--no_check"]
-    assert run_command("coord_check", args) == 0
+    assert run_command("coord-check", args) == 0
     assert "cell0" in capsys.readouterr().out
     assert (tmp_path / "coord_check.csv").exists()
 
@@ -144,5 +144,5 @@ def test_check_passes_on_the_defaults(tmp_path):
     """The issue's bar, as a user's CI would run it: `cli.py coord-check --check` with
     every default (widths 32..512, 5 steps, 3 seeds, Adam at the model's lr) exits 0."""
     out = tmp_path / "cc"
-    assert run_command("coord_check", ["--out", str(out), "--check"]) == 0
+    assert run_command("coord-check", ["--out", str(out), "--check"]) == 0
     assert (out / "coord_check.csv").exists() and (out / "coord_check.png").exists()
