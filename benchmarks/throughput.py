@@ -36,7 +36,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from lstm_lightning.fit import build_cli
+from lstm_lightning.module import make_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "benchmarks" / "README.md"
@@ -196,14 +196,8 @@ def build(args: argparse.Namespace, width: int, max_steps: int, log_dir: str):
 
 
 def plain_optimizer(model: L.LightningModule, total_steps: int):
-    """The optimizer and LR scheduler ``configure_optimizers`` builds, with a stand-in for
-    the only thing it reads from the trainer."""
-    model.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)
-    try:
-        config = model.configure_optimizers()
-    finally:
-        model.trainer = None
-    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+    """The optimizer and LR scheduler ``configure_optimizers`` builds."""
+    return make_optimizer(model.hparams, model.net, model.shapes, total_steps)
 
 
 def time_plain(cli, warmup: int, steps: int, profiler: cProfile.Profile | None = None) -> Run:

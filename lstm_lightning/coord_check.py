@@ -17,7 +17,6 @@ import inspect
 import io
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import yaml
@@ -25,7 +24,7 @@ import yaml
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check
 from lstm_lightning.files import write_atomic
-from lstm_lightning.module import LanguageModel
+from lstm_lightning.module import LanguageModel, make_optimizer
 
 PARAMETRIZATIONS = ("sp", "mup")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -165,8 +164,8 @@ def build(model_kw: dict, parametrization: str, width: int, steps: int):
         carry_state=False,
     )
     model = LanguageModel(**kw)
-    model.trainer = SimpleNamespace(estimated_stepping_batches=steps)
-    return model, model.configure_optimizers()["optimizer"]
+    optimizer, _ = make_optimizer(model.hparams, model.net, model.shapes, steps)
+    return model, optimizer
 
 
 @torch.no_grad()

@@ -331,31 +331,47 @@ class LanguageModel(L.LightningModule):
     # --- optimization --------------------------------------------------------------
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = par.param_groups(
-            self.net.named_parameters(),
-            self.shapes,
-            hp.optimizer,
-            hp.parametrization,
-            hp.learning_rate,
-            hp.weight_decay,
+        optimizer, scheduler = make_optimizer(
+            self.hparams, self.net, self.shapes, self.trainer.estimated_stepping_batches
         )
-        optimizer = par.build_optimizer(
-            groups, hp.optimizer, hp.learning_rate, hp.momentum, hp.betas, hp.eps
-        )
-        total = self.trainer.estimated_stepping_batches
-        check(
-            hp.schedule == "constant" or total != float("inf"),
-            f"model.schedule: {hp.schedule} needs a finite run; set trainer.max_steps",
-        )
-        factor = functools.partial(
-            lr_factor, schedule=hp.schedule, warmup_steps=hp.warmup_steps, total_steps=int(total)
-        )
-        scheduler = LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def make_optimizer(
+    hp, net: torch.nn.Module, shapes: dict[str, par.ParamShape], total_steps: int | float | None
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """The optimizer (muP's per-group learning rates and weight decays) and its schedule.
+
+    ``hp`` is the model's hyperparameters (``LanguageModel.hparams``), ``shapes`` its
+    ``par.infer_shapes`` of ``net``; ``total_steps`` is the run's optimizer steps, or None
+    (or inf) when unbounded, which only a constant schedule allows.
+    """
+    groups = par.param_groups(
+        net.named_parameters(),
+        shapes,
+        hp["optimizer"],
+        hp["parametrization"],
+        hp["learning_rate"],
+        hp["weight_decay"],
+    )
+    optimizer = par.build_optimizer(
+        groups, hp["optimizer"], hp["learning_rate"], hp["momentum"], hp["betas"], hp["eps"]
+    )
+    bounded = total_steps is not None and math.isfinite(total_steps)
+    check(
+        hp["schedule"] == "constant" or bounded,
+        f"model.schedule: {hp['schedule']} needs a finite run; set trainer.max_steps",
+    )
+    factor = functools.partial(
+        lr_factor,
+        schedule=hp["schedule"],
+        warmup_steps=hp["warmup_steps"],
+        total_steps=int(total_steps) if bounded else 0,  # a constant schedule never reads it
+    )
+    return optimizer, LambdaLR(optimizer, factor)
 
 
 def validate_hparams(hp) -> None:

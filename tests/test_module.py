@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from lstm_lightning.cli import main
-from lstm_lightning.module import LanguageModel
+from lstm_lightning.errors import ConfigError
+from lstm_lightning.module import LanguageModel, make_optimizer
 from lstm_lightning.schedule import lr_factor
 from tests.test_cli import scalars
 
@@ -31,9 +30,7 @@ def test_lr_factor(schedule, step, expected):
 
 
 def with_optimizers(model: LanguageModel, total_steps: int = 100):
-    model.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)
-    config = model.configure_optimizers()
-    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+    return make_optimizer(model.hparams, model.net, model.shapes, total_steps)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -55,6 +52,16 @@ def test_schedule_keeps_the_mup_ratios_between_groups(optimizer):
         factor = lr_factor(step + 1, "cosine", 5, 100)
         for group, lr0 in zip(opt.param_groups, initial):
             assert group["lr"] == pytest.approx(lr0 * factor, rel=1e-12)
+
+
+@pytest.mark.parametrize("total_steps", [None, float("inf")])
+def test_an_unbounded_run_allows_only_a_constant_schedule(total_steps):
+    constant = LanguageModel(vocab_size=16, hidden_size=16, warmup_steps=2)
+    _, scheduler = with_optimizers(constant, total_steps)
+    assert [scheduler.lr_lambdas[0](s) for s in (0, 1, 10**9)] == [0.5, 1.0, 1.0]
+    cosine = LanguageModel(vocab_size=16, hidden_size=16, schedule="cosine")
+    with pytest.raises(ConfigError, match="model.schedule: cosine needs a finite run"):
+        with_optimizers(cosine, total_steps)
 
 
 def test_carried_state_equals_one_long_sequence():

@@ -4,7 +4,6 @@ the base-width identity, width invariance of activations, and the rules table.""
 import functools
 import itertools
 import math
-from types import SimpleNamespace
 
 import mup
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from lstm_lightning import parametrization as par
 from lstm_lightning.model import LSTMLM
-from lstm_lightning.module import LanguageModel
+from lstm_lightning.module import LanguageModel, make_optimizer
 
 BASE = 32
 LR, WD = 0.1, 0.01  # both nonzero, so a wrong lr or wd multiplier shows
@@ -24,10 +23,9 @@ def make_model(**kwargs) -> LanguageModel:
     return LanguageModel(**kwargs)
 
 
-def make_optimizer(model: LanguageModel) -> torch.optim.Optimizer:
-    """The module's own configure_optimizers; it reads only this one trainer attribute."""
-    model.trainer = SimpleNamespace(estimated_stepping_batches=3)
-    return model.configure_optimizers()["optimizer"]
+def optimizer_of(model: LanguageModel) -> torch.optim.Optimizer:
+    """The optimizer the module's configure_optimizers builds."""
+    return make_optimizer(model.hparams, model.net, model.shapes, total_steps=3)[0]
 
 
 def lr_wd_by_name(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict:
@@ -86,7 +84,7 @@ def test_lr_wd_match_microsoft_mup(optimizer, hidden_size, embedding_size, num_l
         learning_rate=LR,
         weight_decay=WD,
     )
-    ours = make_optimizer(model)
+    ours = optimizer_of(model)
     mup_type, expected = oracle_lr_wd(optimizer, 64, hidden_size, embedding_size, num_layers)
     assert type(ours) is mup_type  # plain torch SGD / Adam / AdamW, as mup builds
     got = lr_wd_by_name(ours, model.net)
@@ -192,7 +190,7 @@ def test_sp_equals_mup_at_base_width(optimizer):
                 **{k: v for k, v in g.items() if k != "params"},
                 "params": [names[id(p)] for p in g["params"]],
             }
-            for g in make_optimizer(model).param_groups
+            for g in optimizer_of(model).param_groups
         ]
         models[p13n] = model
     sp, mu = models["sp"].state_dict(), models["mup"].state_dict()
@@ -251,7 +249,7 @@ def _one_run(parametrization, optimizer, width, seed, train, probe) -> dict[str,
         optimizer=optimizer,
         learning_rate=TRAIN_LR[optimizer],
     )
-    opt = make_optimizer(model)
+    opt = optimizer_of(model)
     for _ in range(STEPS):
         loss, _ = model.model_step(train, "train")
         opt.zero_grad()
