@@ -6,6 +6,7 @@ folder (``find_last``). A checkpoint is read with ``weights_only=True``: no code
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -14,8 +15,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lstm_lightning.errors import ConfigError, check
+from lstm_lightning.module import LanguageModel
 
 
 class Interrupted(SystemExit):
@@ -28,7 +31,8 @@ class Interrupted(SystemExit):
 
 class StopOnSignal(Callback):
     """Ctrl-C or SIGTERM: at the end of the current batch, when the progress counters
-    agree (as for a periodic save), save last.ckpt, print one line, raise ``Interrupted``.
+    agree (as for a periodic save), save last.ckpt; before the next one, print one line and
+    raise ``Interrupted``.
 
     Lightning itself only notes SIGTERM and stops at the end of the epoch, exiting 0, and
     turns Ctrl-C into exit 1 with nothing saved. A second Ctrl-C stops at once.
@@ -36,6 +40,7 @@ class StopOnSignal(Callback):
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.stop: Interrupted | None = None  # saved: raised before the next batch
         self._previous: dict[int, object] = {}
 
     def _note(self, signum, frame) -> None:
@@ -47,7 +52,7 @@ class StopOnSignal(Callback):
             previous(signum, frame)  # Lightning's (it tells DDP ranks) or a runner's
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.signum = None
+        self.signum = self.stop = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             current = signal.getsignal(signum)
             # A process that ignores Ctrl-C (a sweep's worker) keeps ignoring it.
@@ -61,6 +66,18 @@ class StopOnSignal(Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
+        # Lightning stops by itself after the batch that saw SIGTERM, once it has logged
+        # that batch: after our save, if there was time for one.
+        if isinstance(exception, SIGTERMException) and trainer.is_global_zero:
+            message = (
+                self.stop.message
+                if self.stop is not None
+                else (
+                    f"stopped by SIGTERM at step {trainer.global_step}: not saved; --ckpt_path "
+                    "last continues from the last periodic checkpoint"
+                )
+            )
+            print(message, file=sys.stderr, flush=True)
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -68,22 +85,29 @@ class StopOnSignal(Callback):
         self._previous = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stop is not None:
+            return
         if not trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             return
         signum = self.signum or signal.SIGTERM  # another rank saw it
         saved = last_checkpoint_path(trainer)
         if saved is not None:
             trainer.save_checkpoint(saved)  # every rank calls it; rank 0 writes
-        name = signal.Signals(signum).name
         where = (
             f"saved {saved}; the same command with --ckpt_path last continues it"
             if saved is not None
             else "nothing saved (checkpointing is off)"
         )
-        message = f"stopped by {name} at step {trainer.global_step}: {where}"
-        if trainer.is_global_zero:
-            print(message, file=sys.stderr, flush=True)
-        raise Interrupted(signum, message)
+        name = signal.Signals(signum).name
+        self.stop = Interrupted(signum, f"stopped by {name} at step {trainer.global_step}: {where}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Stop here, not at the batch end above: Lightning logs a batch's metrics after
+        # its on_train_batch_end, and the checkpoint resumes after that batch.
+        if self.stop is not None:
+            if trainer.is_global_zero:
+                print(self.stop.message, file=sys.stderr, flush=True)
+            raise self.stop
 
 
 def last_checkpoint_path(trainer: Trainer) -> str | None:
@@ -162,19 +186,22 @@ def read_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def check_same_model(config, checkpoint: dict, path: str, subcommand: str) -> None:
-    """validate/test score the checkpoint's model: a model key that differs from it (a
-    --model.* flag, or another config) would be ignored or fail on the weights' shapes."""
+def check_same_model(config, checkpoint: dict, path: str, subcommand: str | None) -> None:
+    """A model key set (by flag or config) to other than its default and the checkpoint's
+    value: LightningCLI would silently take the checkpoint's, so refuse it in one line."""
     saved = checkpoint.get("hyper_parameters", {})
-    linked = {"vocab_size", "carry_state"}  # set from data.* by the CLI
+    defaults = inspect.signature(LanguageModel).parameters
     for key, value in config.model.items():
-        theirs = saved.get(key, value)
-        theirs = list(theirs) if isinstance(theirs, tuple) else theirs
-        ours = list(value) if isinstance(value, tuple) else value
-        if key not in linked and ours != theirs:
+        if key not in saved or key not in defaults:
+            continue
+        ours, theirs, default = (
+            list(v) if isinstance(v, tuple | list) else v
+            for v in (value, saved[key], defaults[key].default)
+        )
+        if ours != theirs and ours != default:
             run_config = Path(path).parent.parent / "config.yaml"
             hint = f"--config {run_config}" if run_config.is_file() else "the run's config"
             raise ConfigError(
-                f"{subcommand} --ckpt_path: model.{key} is {value!r} here but {theirs!r} in the "
-                f"checkpoint, whose model is scored as trained; use {hint}"
+                f"{subcommand} --ckpt_path: model.{key} is {value!r} here but {saved[key]!r} in "
+                f"the checkpoint, which keeps its own model; drop it or use {hint}"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import docstring_parser
 from jsonargparse import ActionYesNo, ArgumentError, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lstm_lightning import coord_check, report, slurm, sweep
 from lstm_lightning.checkpoints import Interrupted
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # checkpointed and requeued: the requeued job resumes with --ckpt_path
     except Interrupted as stop:
         return stop.code  # its line is printed
+    except SIGTERMException:  # Lightning's stop after the batch (line printed, last.ckpt saved)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(
             "error: interrupted (Ctrl-C): nothing saved since the last checkpoint", file=sys.stderr

@@ -66,6 +66,9 @@ NOISE = (
     # position in it from the trainer's progress (data.py), so a resumed run draws the
     # batches an uninterrupted one would (tests/test_resume.py checks the losses).
     "You're resuming from a checkpoint that ended before the epoch ended",
+    # validate/test, or a fit resumed into a new folder, from another run's checkpoint:
+    # ModelCheckpoint notes it will not track that run's best checkpoints (none are kept).
+    "The dirpath has changed from",
 )
 
 
@@ -129,39 +132,44 @@ class LSTMLightningCLI(LightningCLI):
             "costs more than a narrow LSTM step).",
         )
 
-    def instantiate_classes(self) -> None:
-        """Check the run, then build it. Nothing is built or written for a refused run."""
-        config = self.config.get(str(self.subcommand), self.config)
-        check_run(config, self.subcommand)
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then check the run and its ``--ckpt_path`` before anything is built or
+        written (LightningCLI next reads the checkpoint's model keys into the config)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(str(subcommand), self.config)
+        check_run(config, subcommand)
+        self.resume: dict = {}  # logger settings a fit resumed from a checkpoint needs
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:
+            return
+        if ckpt_path == "last":
+            ckpt_path, self.resume = find_last(config)
+            config.ckpt_path = ckpt_path
+        checkpoint = read_checkpoint(ckpt_path)
+        check_same_model(config, checkpoint, ckpt_path, subcommand)
+        logger = config.trainer.logger
+        if subcommand == "fit" and is_tensorboard(logger) and logger.init_args.purge_step is None:
+            # A resume in the run's folder would log the steps after the checkpoint twice:
+            # TensorBoard drops the earlier event file's steps after the checkpoint's.
+            self.resume["purge_step"] = checkpoint.get("global_step", 0) + 1
+
+    def instantiate_classes(self) -> None:
+        """Build the run; a resumed fit's logger continues its folder (``self.resume``)."""
+        if not getattr(self, "resume", None):
             super().instantiate_classes()
             return
-        resume = {}
-        if ckpt_path == "last":
-            ckpt_path, resume = find_last(config)
-        checkpoint = read_checkpoint(ckpt_path)
-        if self.subcommand in ("validate", "test"):
-            check_same_model(config, checkpoint, ckpt_path, self.subcommand)
-        logger = config.trainer.logger
-        if (
-            self.subcommand == "fit"
-            and is_tensorboard(logger)
-            and logger.init_args.purge_step is None
-        ):
-            # A resume in the run's folder would log the steps after the checkpoint twice:
-            # TensorBoard drops the earlier file's events from this step on.
-            resume["purge_step"] = checkpoint.get("global_step", 0)
-        saved = {key: logger.init_args[key] for key in resume} if resume else {}
-        config.ckpt_path = ckpt_path
-        for key, value in resume.items():
-            logger.init_args[key] = value
+        config = self.config.get(str(self.subcommand), self.config)
+        args = config.trainer.logger.init_args
+        saved = {key: args[key] for key in self.resume}
+        for key, value in self.resume.items():
+            args[key] = value
         super().instantiate_classes()
         for key, value in saved.items():  # the saved config.yaml stays the run's own
-            logger.init_args[key] = value
-        if "version" in resume:  # continued in place: config.yaml reproduces the run
+            args[key] = value
+        if "version" in self.resume:  # continued in place: config.yaml reproduces the run
+            self.config_init[f"{self.subcommand}.ckpt_path"] = config.ckpt_path
             config.ckpt_path = None
-        self.config_init[f"{self.subcommand}.ckpt_path"] = ckpt_path
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         if config.get("enable_checkpointing") is False:  # then checkpoint: goes unused
@@ -319,6 +327,8 @@ def summary(cli: LSTMLightningCLI, seconds: float) -> str:
     """One line at the end of a fit: where, how far, how good, how long."""
     trainer, metrics = cli.trainer, cli.trainer.callback_metrics
     parts = [f"{trainer.global_step} steps"]
+    if cli.model.diverged_at_step is not None:
+        parts.append(f"diverged at step {cli.model.diverged_at_step}")
     if "val/loss" in metrics:
         loss = f"val/loss {float(metrics['val/loss']):.4f}"
         if "val/loss_floor" in metrics:
