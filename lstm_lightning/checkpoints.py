@@ -92,7 +92,7 @@ class StopOnSignal(Callback):
         signum = self.signum or signal.SIGTERM  # another rank saw it
         saved = last_checkpoint_path(trainer)
         if saved is not None:
-            trainer.save_checkpoint(saved)  # every rank calls it; rank 0 writes
+            trainer.save_checkpoint(saved, weights_only=False)  # every rank; rank 0 writes
         where = (
             f"saved {saved}; the same command with --ckpt_path last continues it"
             if saved is not None
@@ -137,7 +137,7 @@ class LastAtEnd(Callback):
         # An empty last_model_path: ModelCheckpoint never saved one and does so next.
         written = any(getattr(c, "last_model_path", "") for c in trainer.checkpoint_callbacks)
         if path is not None and written and self.saved_step != trainer.global_step:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
 
 
 def is_tensorboard(logger) -> bool:

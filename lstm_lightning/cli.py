@@ -79,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if from_shell:  # LightningCLI reads sys.argv itself; hand it the flags without --debug
         sys.argv[1:] = argv
     command = argv[0] if argv else None
-    if command in (None, "-h", "--help"):
+    if command in ("-h", "--help"):
         print(usage())
-        return 0 if command else EXIT_CONFIG_ERROR
+        return 0
+    if command is None:
+        print(usage(), file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     if command not in COMMANDS:
         print(
             f"error: unknown subcommand {command!r}{did_you_mean(command, COMMANDS)}",

@@ -139,6 +139,9 @@ class LSTMLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config.get(str(subcommand), self.config)
         check_run(config, subcommand)
+        if "weights_only" in config and config.weights_only is None:
+            # Lightning would unpickle --ckpt_path in full: no code in a checkpoint runs.
+            config.weights_only = True
         self.resume: dict = {}  # logger settings a fit resumed from a checkpoint needs
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:

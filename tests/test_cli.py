@@ -286,6 +286,26 @@ def test_a_resume_from_an_older_checkpoint_logs_no_step_twice(tiny, tmp_path, re
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
 
 
+class Planted:
+    """A pickle payload: unpickling it in full would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_checkpoint_is_refused_and_not_executed(tiny, tmp_path, capsys):
+    marker, planted = tmp_path / "executed", tmp_path / "planted.ckpt"
+    torch.save({"state_dict": {}, "global_step": 0, "payload": Planted(marker)}, planted)
+    for command in ("fit", "validate"):
+        assert main([command, *tiny(), "--ckpt_path", str(planted)]) == EXIT_CONFIG_ERROR
+        err = capsys.readouterr().err
+        assert f"error: --ckpt_path: {planted} is not a readable checkpoint" in err
+    assert not marker.exists()
+
+
 # --- what a run says -------------------------------------------------------------------
 
 
