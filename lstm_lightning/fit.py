@@ -103,7 +103,8 @@ def quiet() -> Iterator[None]:
 
 
 class LSTMLightningCLI(LightningCLI):
-    """LightningCLI with our links and defaults: TensorBoard under runs/, last.ckpt."""
+    """LightningCLI with our links and defaults (TensorBoard under runs/, a periodic
+    last.ckpt), the checks of a run before it is built, and ``--ckpt_path last``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
@@ -170,9 +171,8 @@ class LSTMLightningCLI(LightningCLI):
         super().instantiate_classes()
         for key, value in saved.items():  # the saved config.yaml stays the run's own
             args[key] = value
-        if "version" in self.resume:  # continued in place: config.yaml reproduces the run
-            self.config_init[f"{self.subcommand}.ckpt_path"] = config.ckpt_path
-            config.ckpt_path = None
+        if "version" in self.resume:  # continued in place: its config.yaml, rewritten at
+            config.ckpt_path = None  # setup, reproduces the whole run (config_init resumes)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         if config.get("enable_checkpointing") is False:  # then checkpoint: goes unused
