@@ -7,6 +7,8 @@ import io
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -364,3 +366,15 @@ def test_validate_refuses_a_model_flag_the_checkpoint_would_ignore(tiny, tmp_pat
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert "model.learning_rate is 0.5 here but 0.01 in the checkpoint, which keeps" in line
     assert f"--config {run / 'config.yaml'}" in line
+
+
+def test_importing_the_cli_installs_no_warning_filter():
+    # Lightning's and torch's own filters first; then ours must add none (quiet() scopes them).
+    code = (
+        "import warnings, lightning.pytorch, lightning.pytorch.cli, torchmetrics\n"
+        "before = list(warnings.filters)\n"
+        "import lstm_lightning.cli\n"
+        "assert warnings.filters == before, [f for f in warnings.filters if f not in before]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
