@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import signal
 import sys
 import time
@@ -147,4 +148,13 @@ def run_command(command: str, args: list[str]) -> int:
         parser.add_argument(
             f"--{name}", action=ActionYesNo, default=params[name].default, help=docs.get(name)
         )
-    return function(**parser.parse_args(args).as_dict())
+    try:
+        namespace = parser.parse_args(args)
+    except ArgumentError as err:
+        unknown = re.search(r"unrecognized arguments: (--[\w.-]+)", str(err))
+        if unknown is None:
+            raise
+        flags = [f"--{name}" for name in params] + [f"--no_{name}" for name in switches]
+        hint = did_you_mean(unknown.group(1), flags) or f" (the flags: {', '.join(flags)})"
+        raise ConfigError(f"cli.py {command}: unknown flag {unknown.group(1)}{hint}") from None
+    return function(**namespace.as_dict())

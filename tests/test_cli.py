@@ -208,6 +208,29 @@ def test_help_and_a_mistyped_subcommand_list_every_subcommand(argv, first_line, 
     assert set(COMMANDS) == {"fit", "validate", "test", "sweep", "report", "slurm", "coord-check"}
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["report", "--out_dirr", "x"],
+            "error: cli.py report: unknown flag --out_dirr (did you mean --out_dir",
+        ),
+        (
+            ["sweep", "--dry_rnu"],
+            "error: cli.py sweep: unknown flag --dry_rnu (did you mean --dry_run, --no_dry_run?)",
+        ),
+        (
+            ["coord-check", "--zzz"],
+            "error: cli.py coord-check: unknown flag --zzz (the flags: --config,",
+        ),
+    ],
+)
+def test_a_mistyped_flag_of_a_subcommand_gets_near_matches(argv, line, capsys):
+    assert main(argv) == EXIT_CONFIG_ERROR
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(line), error
+
+
 def test_optimizer_flags_are_not_offered(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
