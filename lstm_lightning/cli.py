@@ -156,5 +156,6 @@ def run_command(command: str, args: list[str]) -> int:
             raise
         flags = [f"--{name}" for name in params] + [f"--no_{name}" for name in switches]
         hint = did_you_mean(unknown.group(1), flags) or f" (the flags: {', '.join(flags)})"
-        raise ConfigError(f"cli.py {command}: unknown flag {unknown.group(1)}{hint}") from None
+        message = f"cli.py {command}: unknown flag {unknown.group(1)}{hint}"
+        raise ArgumentError(None, message) from None
     return function(**namespace.as_dict())
