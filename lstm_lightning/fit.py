@@ -28,6 +28,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lstm_lightning import ranges
 from lstm_lightning.checkpoints import (
     LastAtEnd,
     StopOnSignal,
@@ -276,7 +277,7 @@ def check_config_files(argv: list[str]) -> None:
 def one_line(err: Exception) -> str:
     """Fold a (possibly multi-line) parser error into one line, with near matches."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    text = re.sub(r"\s+", " ", text)
+    text = ranges.explain(re.sub(r"\s+", " ", text))  # a range type's rule, as one line
     return text + suggestion(text)
 
 

@@ -7,7 +7,9 @@ atomically as strict JSON (a NaN or infinite number becomes ``null``), and ``rea
 parses and checks one file, raising ``ResultError`` that says what is wrong.
 
 Schema 2 added ``resumed_from_step`` to the docs and ``worker_death``, a field where
-schema 1 put a prefix in ``error``; files of schema 1 are still read.
+schema 1 put a prefix in ``error``. Files of schema 1 are still read: ``read`` returns
+them with every field (``schema`` stays 1), ``resumed_from_step`` null where absent, and
+``worker_death`` read from a failed run's ``error`` that starts with ``worker died``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ HPARAMS = (
     "base_hidden_size",
 )
 REQUIRED_HPARAMS = HPARAMS[:5]  # what the report cannot do without
-SCHEMA_2_ONLY = ("worker_death",)  # fields schema 1 files lack
+# Fields a schema 1 file may lack: worker_death is new; resumed_from_step was written but
+# not documented, so a file made by the schema 1 doc has none.
+SCHEMA_2_ONLY = ("resumed_from_step", "worker_death")
+SCHEMA_1_DEATH = "worker died"  # schema 1's prefix of ``error`` for a worker's death
 
 NUMBER, INT, STR, OBJ, NULL = "number", "integer", "string", "object", "null"
 # key -> (JSON types it may hold, meaning). The order is the order written.
@@ -72,13 +77,11 @@ def make(**fields: Any) -> dict:
 
     ``metrics`` defaults to every metric null. Raises ``ResultError`` for an unknown field.
     """
-    unknown = sorted(set(fields) - set(FIELDS))
-    if unknown:
-        raise ResultError(
-            f"unknown result field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}"
-        )
+    _refuse_unknown("result", fields, FIELDS)
     record = {key: None for key in FIELDS} | {"schema": SCHEMA, "metrics": {}} | fields
-    record["metrics"] = {name: record["metrics"].get(name) for name in METRICS}
+    if isinstance(record["metrics"], dict):
+        _refuse_unknown("metrics", record["metrics"], METRICS)
+        record["metrics"] = {name: record["metrics"].get(name) for name in METRICS}
     return {key: record[key] for key in FIELDS}
 
 
@@ -121,6 +124,17 @@ def read(path: str | os.PathLike) -> dict:
         raise ResultError(f"not valid JSON ({err})") from None
     result = finite(result)  # schema 1 wrote NaN and Infinity literals where it meant null
     check(result)
+    return upgrade(result)
+
+
+def upgrade(result: dict) -> dict:
+    """A checked schema 1 record with schema 2's fields (its ``schema`` stays 1)."""
+    if result["schema"] != 1:
+        return result
+    result = {key: result.get(key) for key in FIELDS}
+    error = result["error"] or ""
+    if result["status"] == "failed" and error.startswith(SCHEMA_1_DEATH):
+        result["worker_death"] = error.split("; ")[0]  # "worker died ...; --retry_failed ..."
     return result
 
 
@@ -128,11 +142,13 @@ def check(result: object) -> None:
     """Raise ``ResultError`` unless ``result`` holds every field with a value of its type."""
     if not isinstance(result, dict):
         raise ResultError(f"expected a JSON object, got a {type(result).__name__}")
-    if result.get("schema") not in READABLE_SCHEMAS:
+    schema = result.get("schema")
+    if json_type(schema) != INT or schema not in READABLE_SCHEMAS:
         raise ResultError(
-            f"schema is {result.get('schema')!r}; this version reads schema "
+            f"schema is {schema!r}; this version reads schema "
             f"{' or '.join(map(str, READABLE_SCHEMAS))}"
         )
+    _refuse_unknown("result", result, FIELDS)
     for key, (types, _) in FIELDS.items():
         if key not in result and result["schema"] == 1 and key in SCHEMA_2_ONLY:
             continue
@@ -142,10 +158,20 @@ def check(result: object) -> None:
             raise ResultError(f"{key} is {result[key]!r}; expected {' or '.join(types)}")
     if result["status"] not in STATUSES:
         raise ResultError(f"status {result['status']!r} is not one of {', '.join(STATUSES)}")
+    _refuse_unknown("hparams", result["hparams"], HPARAMS)
     _check_hparams(result["hparams"])
+    _refuse_unknown("metrics", result["metrics"], METRICS)
     for key, value in result["metrics"].items():
         if not fits(value, (NUMBER, NULL)):
             raise ResultError(f"metrics.{key} {value!r} is neither a number nor null")
+
+
+def _refuse_unknown(where: str, record: dict, known: tuple[str, ...] | dict) -> None:
+    unknown = sorted(set(record) - set(known))
+    if unknown:
+        raise ResultError(
+            f"unknown {where} field(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}"
+        )
 
 
 def _check_hparams(hparams: dict) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lstm_lightning.report import write_report
 
 # One thread: the suite runs beside other work on 2 cores, where OpenMP spinning on a
 # busy core makes multi-threaded steps orders of magnitude slower.
@@ -91,3 +95,161 @@ def signal_at(step: int, signum: int) -> list[str]:
     callback = {"class_path": "tests.conftest.SignalAt", "init_args": {"step": step}}
     callback["init_args"]["signum"] = int(signum)
     return ["--trainer.callbacks", json.dumps([callback])]
+
+
+# --- report ---
+
+
+class FakeRuns:
+    """Writers of result.json files for the report's tests (``fake_runs``): one run,
+    a small mixed sweep, or a whole lr grid from a loss function."""
+
+    GRID = np.arange(-7.0, 1.0)  # (8,) log2 lrs 2^-7 .. 2^0, as the sweeps use
+    # muP: every width's optimum at 2^-3.3; SP's moves 2.35 octaves. The transfer case.
+    MUP_OPTIMA = {16: -3.3, 64: -3.3, 256: -3.3}
+    SP_OPTIMA = {16: -3.25, 64: -4.25, 256: -5.6}
+
+    @staticmethod
+    def write_result(
+        root: Path,
+        group: str,
+        label: str,
+        *,
+        param: str = "mup",
+        opt: str = "sgd",
+        width: int = 16,
+        lr: float = 2.0**-4,
+        seed: int = 0,
+        status: str = "completed",
+        val_loss: float | None = 1.9,
+        diverged_at_step: int | None = None,
+        error: str | None = None,
+        **fields,
+    ) -> Path:
+        """Write ``root/group/label/result.json`` as schema 1's doc laid it out; ``fields``
+        replace or add top-level fields (``schema=2, worker_death=...``)."""
+
+        def loss(delta: float) -> float | None:
+            return None if val_loss is None else val_loss + delta
+
+        result = {
+            "schema": 1,
+            "group": group,
+            "label": label,
+            "status": status,
+            "overrides": {"hidden_size": width, "optimizer": opt, "parametrization": param,
+                          "learning_rate": lr},
+            "config_hash": "3f2a",
+            "hparams": {"parametrization": param, "optimizer": opt, "hidden_size": width,
+                        "learning_rate": lr, "seed": seed, "num_layers": 1, "batch_size": 32,
+                        "seq_len": 64, "max_steps": 300, "base_hidden_size": 32},
+            "metrics": {"train/loss": loss(0.25), "val/loss": loss(0.0),
+                        "val/loss_best": loss(-0.125), "val/loss_floor": 1.6},
+            "steps": 300 if diverged_at_step is None else diverged_at_step,
+            "tokens_per_second": 350000.0,
+            "wall_seconds": 5.5,
+            "diverged_at_step": diverged_at_step,
+            "world_size": 1,
+            "error": error,
+            **fields,
+        }  # fmt: skip
+        path = root / group / label / "result.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result), encoding="utf-8")
+        return path
+
+    @staticmethod
+    def write_sweep(root: Path) -> None:
+        """9 runs. muP/SGD width 16: seed 0 is best at 2^-3 (1.70), seed 1 at 2^-5 (1.60);
+        width 32: one seed, best at 2^-4 (1.50). Two diverged (one with a stale low val/loss),
+        one failed, and one SP/Adam run."""
+        g = "MUP_SGD"
+        FakeRuns.write_result(root, g, "a_w16_lr-3_s0", lr=2.0**-3, seed=0, val_loss=1.70)
+        FakeRuns.write_result(root, g, "b_w16_lr-4_s0", lr=2.0**-4, seed=0, val_loss=1.80)
+        FakeRuns.write_result(
+            root,
+            g,
+            "c_w16_lr-2_s0",
+            lr=2.0**-2,
+            seed=0,
+            status="diverged",
+            val_loss=None,
+            diverged_at_step=12,
+        )
+        FakeRuns.write_result(root, g, "d_w16_lr-5_s1", lr=2.0**-5, seed=1, val_loss=1.60)
+        FakeRuns.write_result(root, g, "e_w16_lr-3_s1", lr=2.0**-3, seed=1, val_loss=1.90)
+        FakeRuns.write_result(
+            root,
+            g,
+            "f_w16_lr-1_s1",
+            lr=2.0**-1,
+            seed=1,
+            status="diverged",
+            val_loss=0.10,
+            diverged_at_step=3,
+        )
+        FakeRuns.write_result(root, g, "g_w32_lr-4_s0", width=32, lr=2.0**-4, seed=0, val_loss=1.50)
+        FakeRuns.write_result(
+            root,
+            g,
+            "h_w32_lr-3_s0",
+            width=32,
+            lr=2.0**-3,
+            seed=0,
+            status="failed",
+            val_loss=None,
+            error="RuntimeError: out of memory",
+        )
+        FakeRuns.write_result(
+            root, "SP_ADAM", "a_w16_lr-6_s0", param="sp", opt="adam", lr=2.0**-6, val_loss=2.0
+        )
+
+    @staticmethod
+    def write_curves(
+        root: Path, loss, *, param="mup", opt="adam", widths=(16, 64, 256), seeds=(0,)
+    ):
+        """A run per width, seed and lr of ``GRID`` with val/loss = loss(width, seed, log2 lr);
+        a loss of +inf is written as a diverged run."""
+        for width in widths:
+            for seed in seeds:
+                for x in FakeRuns.GRID:
+                    value = loss(width, seed, x)
+                    diverged = math.isinf(value)
+                    FakeRuns.write_result(
+                        root, f"{param}_{opt}", f"w{width}_s{seed}_lr{x:g}", param=param, opt=opt,
+                        width=width, lr=2.0**x, seed=seed, val_loss=None if diverged else value,
+                        status="diverged" if diverged else "completed",
+                    )  # fmt: skip
+
+    @staticmethod
+    def quadratic(optima: dict[int, float], base: dict[int, float] | None = None):
+        """loss(width, seed, x) = base + 0.05 (x - optimum)^2: exact, so its vertex is exact.
+        ``base`` defaults to 2 - 0.01 log2(width): wider is better at every lr."""
+        return lambda w, s, x: (
+            (base or {}).get(w, 2 - 0.01 * math.log2(w)) + 0.05 * (x - optima[w]) ** 2
+        )
+
+
+@pytest.fixture(scope="session")
+def fake_runs() -> type[FakeRuns]:
+    """``FakeRuns``: write result.json files for the report's tests."""
+    return FakeRuns
+
+
+@pytest.fixture(scope="session")
+def report_sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """``FakeRuns.write_sweep``'s 9 runs and their written report (built once: plotting
+    takes a second). Read only."""
+    root = tmp_path_factory.mktemp("runs")
+    FakeRuns.write_sweep(root)
+    return root, write_report(root)
+
+
+@pytest.fixture(scope="session")
+def transfer_sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """muP and SP Adam at widths 16, 64, 256, two seeds, each lr of ``FakeRuns.GRID``
+    (the transfer case), and the written report. Read only."""
+    root = tmp_path_factory.mktemp("transfer")
+    FakeRuns.write_curves(root, FakeRuns.quadratic(FakeRuns.MUP_OPTIMA), seeds=(0, 1))
+    FakeRuns.write_curves(root, FakeRuns.quadratic(FakeRuns.SP_OPTIMA), param="sp", seeds=(0, 1))
+    return root, write_report(root)

@@ -214,7 +214,7 @@ def bad_file(tmp_path, name: str, content: bytes) -> str:
         ),
         (lambda t: dict(source="tokens", path=None), "data.path is required"),
         (lambda t: dict(source="wav"), "unknown source 'wav'"),
-        (lambda t: dict(seq_len=0), "data.seq_len must be at least 1"),
+        (lambda t: dict(seq_len=0), "data.seq_len must be a positive integer, got 0"),
         (lambda t: dict(steps_per_batch=0), "data.steps_per_batch must be a positive integer"),
         (lambda t: dict(val_fraction=0.6, test_fraction=0.5), "leaving a train split"),
         (lambda t: dict(synthetic_branching=999), "branching must be between 1 and"),

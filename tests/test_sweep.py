@@ -151,7 +151,7 @@ def test_dry_run_resolves_aliases_and_dotted_paths_and_writes_nothing(project, c
         ({"model.hiden_size": 8}, "g/bad: .*hiden_size"),
         ({"hidden_size": "wide"}, "g/bad: .*hidden_size.*wide"),
         ({"learning_rate": -1.0}, "g/bad: model.learning_rate must be >= 0"),
-        ({"batch_size": 0}, "g/bad: data.batch_size must be at least 1"),
+        ({"batch_size": 0}, "g/bad: data.batch_size must be a positive integer"),
         ({"optimizer": "lion"}, "g/bad: .*optimizer.*lion"),
     ],
 )

@@ -1,0 +1,165 @@
+"""The transfer plot: validation loss against log2 learning rate, a curve per width.
+
+``plot_transfer`` draws it (matplotlib's Agg canvas: no display needed) from the numbers
+of ``transfer``; nothing else in the project imports matplotlib.
+
+Reading the transfer plot. One panel per (parametrization, optimizer): SP on the left,
+muP on the right, one row per optimizer. Each curve is one width, and darker means
+wider (``width_colors``). It plots the final ``val/loss`` (mean over seeds, shaded min to
+max over seeds) against log2(learning rate), with a star at the curve's minimum. Under
+muP the stars line up vertically and the wider curves sit lower at every lr; under SP
+the stars move as width grows. A tick along the panel's foot marks each width's fitted
+best lr. The y-axis stops at a robust top (the dashed line; see ``y_limits``) so that
+one huge loss does not flatten every curve: an open triangle on the dashed line is a
+loss clipped there. An ``x`` above the line is an lr at which a seed of that width
+diverged (a seed that diverged makes the mean +inf, so the curve breaks there).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import BinaryIO
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from lstm_lightning.transfer import (
+    OPT_ORDER,
+    PARAM_ORDER,
+    fitted_best_lr_table,
+    pair_name,
+    panel_order,
+    rank,
+    transfer_curves,
+)
+
+DPI = 120
+PANEL_SIZE = (5.0, 3.8)  # inches per panel: (width, height)
+
+
+def plot_transfer(results: list[dict], out: str | os.PathLike | BinaryIO) -> list[dict]:
+    """Draw the transfer plot as a PNG into ``out``; return one metadata dict per panel.
+
+    Panels sit in a grid: one column per parametrization, one row per optimizer, and a
+    cell with no runs is left out. Metadata, in plot order: parametrization, optimizer,
+    widths, ylim, clipped (points drawn on the clip line), diverged (``x`` markers) and
+    fitted (width -> the seed-mean fitted best log2 lr, a tick along the panel's foot).
+    """
+    curves = transfer_curves(results)
+    for row in fitted_best_lr_table(results):
+        for c in curves[(row["parametrization"], row["optimizer"])]:
+            if c["width"] == row["width"]:
+                c["fitted_log2_lr"] = row["fitted_log2_lr_mean"]
+    params = sorted({p for p, _ in curves}, key=lambda p: rank(p, PARAM_ORDER))
+    opts = sorted({o for _, o in curves}, key=lambda o: rank(o, OPT_ORDER))
+    widths = sorted({c["width"] for cs in curves.values() for c in cs})
+    colors = width_colors(widths)
+    size = (PANEL_SIZE[0] * len(params) + 1.0, PANEL_SIZE[1] * len(opts))  # + 1 in: legend
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg draws off-screen: no display needed
+    grid = fig.subplots(len(opts), len(params), squeeze=False)  # (rows, cols) of Axes
+    meta = []
+    for i, opt in enumerate(opts):
+        for j, param in enumerate(params):
+            if (param, opt) in curves:
+                meta.append(_draw_panel(grid[i, j], (param, opt), curves[(param, opt)], colors))
+            else:
+                fig.delaxes(grid[i, j])
+    _legend(fig, colors)
+    fig.savefig(out, format="png", dpi=DPI)
+    return sorted(meta, key=lambda m: panel_order((m["parametrization"], m["optimizer"])))
+
+
+def width_colors(widths: list[int]) -> dict[int, tuple]:
+    """A sequential colour per width, wider = darker, evenly spaced in rank.
+
+    Rank spacing is log-width spacing for the usual doubling sweep. The colormap's palest
+    end is skipped so that the narrowest curve still shows on white.
+    """
+    cmap = colormaps["viridis_r"]
+    steps = max(len(widths) - 1, 1)
+    return {w: cmap(0.15 + 0.85 * i / steps) for i, w in enumerate(widths)}
+
+
+def y_limits(curves: list[dict]) -> tuple[float, float]:
+    """(low, top) of a panel's data area; ``top`` is robust to a few huge losses.
+
+    ``top`` is the highest mean loss at most 1.5x as far above the lowest loss as the 90th
+    percentile is: an outlier beyond that clips, and with no outlier nothing does.
+    """
+    means = np.concatenate([c["mean"] for c in curves])  # (P,) all points of the panel
+    lows = np.concatenate([c["lo"] for c in curves])  # (P,)
+    finite = means[np.isfinite(means)]
+    if finite.size == 0:
+        return 0.0, 1.0  # every point diverged: only the x markers show
+    low = float(lows[np.isfinite(lows)].min())
+    limit = low + 1.5 * (float(np.quantile(finite, 0.9)) - low)
+    top = float(finite[finite <= limit].max())
+    # A flat panel (or one point) still needs some height.
+    return low, max(top, low + max(0.02 * abs(low), 0.05))
+
+
+def _draw_panel(ax: Axes, key: tuple[str, str], curves: list[dict], colors: dict) -> dict:
+    """One (parametrization, optimizer) panel; return its metadata."""
+    param, opt = key
+    ax.set_title(pair_name(key))
+    ax.set_xlabel("log2 learning rate")
+    ax.set_ylabel("final val/loss (nats/token)")
+    ax.grid(alpha=0.3)
+    meta = {"parametrization": param, "optimizer": opt, "widths": [c["width"] for c in curves]}
+    if not curves:
+        ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center")
+        return {**meta, "ylim": None, "clipped": 0, "diverged": 0, "fitted": {}}
+    low, top = y_limits(curves)
+    span = top - low
+    ax.set_ylim(low - 0.12 * span, top + 0.15 * span)  # strips: fitted ticks, x markers
+    ax.axhline(top, color="0.6", ls="--", lw=0.8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    counts = np.array([_draw_curve(ax, c, colors, top, span) for c in curves])  # (W, 2)
+    clipped, diverged = counts.sum(axis=0).tolist()
+    fitted = {c["width"]: c["fitted_log2_lr"] for c in curves}
+    return {**meta, "ylim": (low, top), "clipped": clipped, "diverged": diverged, "fitted": fitted}
+
+
+def _draw_curve(ax: Axes, c: dict, colors: dict, top: float, span: float) -> tuple[int, int]:
+    """One width's curve, band, best star, fitted tick and clip/divergence marks; return
+    the counts of clipped and diverged points."""
+    color, x, mean, diverged = colors[c["width"]], c["log2_lr"], c["mean"], c["diverged"]
+    ax.plot(x, np.where(diverged, np.nan, np.minimum(mean, top)), "-o", color=color, ms=3, lw=1.5)
+    band = (c["n_seeds"] > 1) & ~diverged
+    if band.any():
+        lo, hi = np.minimum(c["lo"], top), np.minimum(c["hi"], top)
+        ax.fill_between(x, lo, hi, where=band, color=color, alpha=0.2, lw=0)
+    clipped = ~diverged & (mean > top)
+    ax.plot(x[clipped], np.full(clipped.sum(), top), "^", color=color, mfc="white", ms=7)
+    # Each width's x sits at its own height in the strip above the clip line, so that
+    # widths diverging at the same lr do not hide one another.
+    rank = sorted(colors).index(c["width"]) / max(len(colors) - 1, 1)
+    strip_y = np.full(diverged.sum(), top + span * (0.03 + 0.09 * rank))  # (D,)
+    ax.plot(x[diverged], strip_y, "x", color=color, ms=7, mew=1.8)
+    if np.isfinite(mean).any():
+        best = np.nanargmin(np.where(np.isfinite(mean), mean, np.nan))
+        ax.plot(x[best], min(mean[best], top), "*", color=color, mec="black", mew=0.6, ms=12)
+    if math.isfinite(c["fitted_log2_lr"]):  # in the strip below the lowest loss
+        foot = ax.get_xaxis_transform()  # x in data, y in axes fractions
+        ax.plot(c["fitted_log2_lr"], 0.04, "|", color=color, ms=10, mew=2, transform=foot)
+    return int(clipped.sum()), int(diverged.sum())
+
+
+def _legend(fig: Figure, colors: dict) -> None:
+    """One legend for the figure: the widths, then what the markers mean."""
+    handles = [
+        Line2D([], [], color=col, marker="o", ms=3, label=str(w)) for w, col in colors.items()
+    ]
+    handles += [
+        Line2D([], [], ls="", marker="*", color="0.5", mec="black", ms=10, label="best lr"),
+        Line2D([], [], ls="", marker="|", color="0.3", ms=10, mew=2, label="fitted best lr"),
+        Line2D([], [], ls="", marker="^", color="0.3", mfc="white", ms=7, label="clipped"),
+        Line2D([], [], ls="", marker="x", color="0.3", ms=7, mew=1.8, label="diverged"),
+    ]
+    fig.legend(handles=handles, title="width", loc="outside right upper", fontsize="small")

@@ -1,0 +1,61 @@
+"""The transfer plot: one panel per pair, its size, the clip line, the fitted ticks."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstm_lightning import plots
+from lstm_lightning.plots import y_limits
+from lstm_lightning.report import write_report
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR; fails unless the file is a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_transfer_png_has_one_panel_per_pair(report_sweep):
+    out = report_sweep[1]
+    meta = out["panels"]
+    assert [(m["parametrization"], m["optimizer"]) for m in meta] == [
+        ("sp", "adam"),
+        ("mup", "sgd"),
+    ]
+    assert meta[1]["widths"] == [16, 32] and meta[1]["diverged"] == 2
+    # A 2 x 2 grid (sp, mup) x (sgd, adam), two cells left out; 5 in per panel + legend.
+    w, h = plots.PANEL_SIZE
+    assert png_size(out["transfer_png"]) == (
+        round((2 * w + 1) * plots.DPI),
+        round(2 * h * plots.DPI),
+    )
+
+
+def test_one_pair_gives_one_panel(tmp_path, fake_runs):
+    for e in (-3, -2):
+        fake_runs.write_result(
+            tmp_path, "G", f"lr{e}", opt="adam", lr=2.0**e, val_loss=2.0 + e / 10
+        )
+    out = write_report(tmp_path)
+    assert [(m["parametrization"], m["optimizer"]) for m in out["panels"]] == [("mup", "adam")]
+    w, h = plots.PANEL_SIZE
+    assert png_size(out["transfer_png"]) == (round((w + 1) * plots.DPI), round(h * plots.DPI))
+
+
+def test_y_limits_clip_an_outlier_only():
+    bulk = np.array([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8])
+    curve = lambda mean: {"mean": mean, "lo": mean}  # noqa: E731
+    assert y_limits([curve(np.append(bulk, 40.0))]) == (1.0, 1.8)
+    assert y_limits([curve(np.append(bulk, 2.0))]) == (1.0, 2.0)
+    assert y_limits([curve(np.array([np.inf]))]) == (0.0, 1.0)  # only divergences
+
+
+def test_plot_marks_each_widths_fitted_optimum(transfer_sweep):
+    sp, mup = transfer_sweep[1]["panels"]
+    assert mup["fitted"] == pytest.approx({16: -3.3, 64: -3.3, 256: -3.3})
+    assert sp["fitted"] == pytest.approx({16: -3.25, 64: -4.25, 256: -5.6})
