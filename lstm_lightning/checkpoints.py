@@ -58,12 +58,11 @@ def load(path, map_location: Any = "cpu", mmap: bool = False, what: str = "--ckp
     return checkpoint
 
 
-def check_ckpt_path(path: str | None) -> None:
-    """Refuse a ``--ckpt_path`` file that is missing or not a checkpoint, in one line; a
-    keyword (``last``, ``hpc``, ``registry...``) or a URL is left to Lightning."""
-    keyword = path in ("last", "hpc") or str(path).startswith("registry") or "://" in str(path)
-    if path is not None and (os.path.isfile(path) or not keyword):
-        load(path, mmap=True)  # weights_only=True; mmap: reads no tensor
+def left_to_lightning(path: str) -> bool:
+    """Whether a ``--ckpt_path`` is a keyword Lightning resolves itself (``hpc``,
+    ``registry...``) or a URL, rather than a file to check here."""
+    keyword = path == "hpc" or str(path).startswith("registry") or "://" in str(path)
+    return keyword and not os.path.isfile(path)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -13,22 +13,25 @@ measures the size of the updates that a given learning rate makes.
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import math
 from pathlib import Path
 
 import torch
-import yaml
+from jsonargparse import ArgumentError
 
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check
 from lstm_lightning.files import write_atomic
+from lstm_lightning.fit import check_config_files, one_line, parser_only
 from lstm_lightning.module import LanguageModel, make_optimizer
 
 PARAMETRIZATIONS = ("sp", "mup")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TOLERANCE = 0.15  # --check: every muP slope must lie within +-TOLERANCE
+# Model keys the CLI sets from data.*: the check sets the vocabulary itself, and carries
+# no state across batches.
+LINKED = ("vocab_size", "carry_state")
 COLUMNS = ("parametrization", "width", "seed", "step", "layer", "mean_abs", "mean_abs_delta")
 
 
@@ -59,7 +62,7 @@ def main(
         out: Folder for coord_check.csv and coord_check.png.
         check: Exit 1 when any muP slope at the last step lies outside +-0.15.
     """
-    params, width_list = validate(widths, steps, seeds, parametrization, optimizer)
+    params, width_list = validate(widths, steps, seeds, parametrization, optimizer, out)
     model_kw, data_kw = load_config(config)
     model_kw["optimizer"] = optimizer
     if learning_rate is not None:
@@ -86,9 +89,13 @@ def main(
 
 
 def validate(
-    widths: str, steps: int, seeds: int, parametrization: str, optimizer: str
+    widths: str, steps: int, seeds: int, parametrization: str, optimizer: str, out: str = "."
 ) -> tuple[list[str], list[int]]:
     """Parsed (parametrizations, widths); a ConfigError naming the flag otherwise."""
+    check(
+        not Path(out).exists() or Path(out).is_dir(),
+        f"--out: {out} is a file; name a folder for coord_check.csv and coord_check.png",
+    )
     params = [p.strip() for p in parametrization.split(",") if p.strip()]
     bad = [p for p in params if p not in PARAMETRIZATIONS]
     check(
@@ -114,26 +121,16 @@ def validate(
 
 
 def load_config(path: str | None) -> tuple[dict, dict]:
-    """(model kwargs, data kwargs) from the YAML's ``model:`` and ``data:`` sections."""
-    if path is None:
-        return {}, {}
+    """(model kwargs, data kwargs) as ``cli.py fit --config path`` would build them: the
+    same parser, so the same keys, types, range checks and defaults."""
+    args = [] if path is None else ["--config", path]
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config: cannot read {path}: {err}") from None
-    check(isinstance(cfg, dict), f"--config: {path} is not a YAML mapping")
-    return section(cfg, "model", LanguageModel), section(cfg, "data", SequenceDataModule)
-
-
-def section(cfg: dict, key: str, cls: type) -> dict:
-    """One section's arguments (plain or ``init_args:`` form), checked against ``cls``."""
-    values = cfg.get(key) or {}
-    values = dict(values.get("init_args", values))
-    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(values) - known)
-    check(not unknown, f"--config: {key}.{', '.join(unknown)} is not a {cls.__name__} argument")
-    return values
+        check_config_files(args)
+        config = parser_only().parse_args(args)
+    except (ConfigError, ArgumentError) as err:
+        raise ConfigError(f"--config: {one_line(err).removeprefix('--config: ')}") from None
+    model = {k: v for k, v in config.model.items() if k not in LINKED}
+    return model, dict(config.data.items())
 
 
 def fixed_batches(data_kw: dict, n: int) -> tuple[list[torch.Tensor], int]:
@@ -155,7 +152,7 @@ def fixed_batches(data_kw: dict, n: int) -> tuple[list[torch.Tensor], int]:
 
 def build(model_kw: dict, parametrization: str, width: int, steps: int):
     """(model, optimizer) at ``width``: constant learning rate, the module's param groups."""
-    kw = {"base_hidden_size": 32, **model_kw}
+    kw = dict(model_kw)  # base_hidden_size: the config's, else the model's default
     kw.update(
         hidden_size=width,
         parametrization=parametrization,

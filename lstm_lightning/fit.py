@@ -4,14 +4,23 @@ Built on LightningCLI, so every ``__init__`` argument of ``LanguageModel`` and
 ``SequenceDataModule`` is a config key and a flag (``--model.hidden_size 256``), with its
 docstring in ``--help``. Mistakes are printed as one line, with near matches for an
 unknown key, and exit with status 2; ``--debug`` shows the traceback instead.
+
+A fit writes ``last.ckpt`` every ``checkpoint.every_n_train_steps`` steps and at its end.
+Ctrl-C or SIGTERM stops it at the end of the current step, saves ``last.ckpt`` and exits
+130 or 143 (``Interrupted``); the same command with ``--ckpt_path last`` continues the run
+in its folder, with the losses of an uninterrupted run, bit for bit.
 """
 
 from __future__ import annotations
 
-import difflib
+import contextlib
+import inspect
+import logging
 import os
 import re
+import sys
 import warnings
+from collections.abc import Iterator
 
 import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -21,26 +30,82 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lstm_lightning import checkpoints, ranges
 from lstm_lightning.data import SequenceDataModule
-from lstm_lightning.errors import ConfigError
+from lstm_lightning.errors import ConfigError, check, did_you_mean
 from lstm_lightning.fused import FusedSteps, StepProgressBar
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.requeue import RequeueOnSignal
-
-# Lightning 2.6 warns on every fit about its own use of torch's pytree API.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-# It compares log_every_n_steps, a count of steps here, with an epoch's Lightning batches,
-# which hold data.steps_per_batch steps each: the hint would be wrong.
-warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
-# Under manual optimization ModelCheckpoint warns that it saves after the optimizer step:
-# automatic optimization saves there too.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+from lstm_lightning.resume import (
+    LastAtEnd,
+    StopOnSignal,
+    check_same_model,
+    find_last,
+    is_tensorboard,
+    read_checkpoint,
+)
 
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
 
+# last.ckpt every this many steps unless the config says otherwise. It must be a multiple
+# of data.steps_per_batch: 1000 = 2^3 * 5^3 keeps every K that auto picks for the
+# configs (10 for configs/lstm.yaml) and 8; it divides the round step counts people use
+# (1000, 5000, 10000), so the last periodic save falls on the last step; and it bounds
+# the loss of a killed run to minutes at the widths of this study.
+CHECKPOINT_EVERY = 1000
+
+# Warnings that are wrong here or that no user asked for, hidden by ``quiet``.
+NOISE = (
+    # Lightning 2.6 warns on every fit about its own use of torch's pytree API.
+    r".*isinstance\(treespec, LeafSpec\)",
+    # It compares log_every_n_steps, a count of steps here, with an epoch's Lightning
+    # batches, which hold data.steps_per_batch steps each: the hint would be wrong.
+    r"The number of training batches .* logging interval",
+    # Under manual optimization ModelCheckpoint warns that it saves after the optimizer
+    # step: automatic optimization saves there too.
+    "Using ModelCheckpoint with manual optimization",
+    # "...your dataloader is not resumable": ours is. The sampler reads its epoch and its
+    # position in it from the trainer's progress (data.py), so a resumed run draws the
+    # batches an uninterrupted one would (tests/test_resume.py checks the losses).
+    "You're resuming from a checkpoint that ended before the epoch ended",
+    # validate/test, or a fit resumed into a new folder, from another run's checkpoint:
+    # ModelCheckpoint notes it will not track that run's best checkpoints (none are kept).
+    "The dirpath has changed from",
+)
+
+
+class _NoTip(logging.Filter):
+    """Drops Lightning's advertisement for its litlogger service, printed on every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Within: Lightning's and torchmetrics' noise hidden, everything else shown.
+
+    The one place that decides what a user is not shown; ``build_cli`` runs inside it, and
+    any runner that drives Lightning itself can use it too. Filters apply only within.
+    """
+    with warnings.catch_warnings():
+        for message in NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        if "SLURM_JOB_ID" not in os.environ:  # outside a SLURM job the srun hint is wrong
+            warnings.filterwarnings("ignore", message="The `srun` command is available")
+        # A NaN loss is reported by the model in one line; torchmetrics would warn per step.
+        warnings.filterwarnings("once", message="Encountered `nan` values in tensor")
+        log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # rank_zero_info's
+        tip = _NoTip()
+        log.addFilter(tip)
+        try:
+            yield
+        finally:
+            log.removeFilter(tip)
+
 
 class LSTMLightningCLI(LightningCLI):
-    """LightningCLI with our links and defaults: TensorBoard under runs/, last.ckpt."""
+    """LightningCLI with our links and defaults (TensorBoard under runs/, a periodic
+    last.ckpt), the checks of a run before it is built, and ``--ckpt_path last``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
@@ -54,6 +119,7 @@ class LSTMLightningCLI(LightningCLI):
             {
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 0,
+                "checkpoint.every_n_train_steps": CHECKPOINT_EVERY,
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "runs", "name": "lstm", "default_hp_metric": False},
@@ -69,15 +135,52 @@ class LSTMLightningCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then check the run and its ``--ckpt_path`` before anything is built or
+        written (LightningCLI next reads the checkpoint's model keys into the config)."""
         super().parse_arguments(parser, args)
-        # LightningCLI reads --ckpt_path's hyperparameters next: refuse a file that is not
-        # a checkpoint (or would run code) in one line first, before anything is written.
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            checkpoints.check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        config = self.config.get(str(subcommand), self.config)
+        check_run(config, subcommand)
+        if "weights_only" in config and config.weights_only is None:
+            # Lightning would unpickle --ckpt_path in full: no code in a checkpoint runs.
+            config.weights_only = True
+        self.resume: dict = {}  # logger settings a fit resumed from a checkpoint needs
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None:
+            return
+        if ckpt_path == "last":
+            ckpt_path, self.resume = find_last(config)
+            config.ckpt_path = ckpt_path
+        if checkpoints.left_to_lightning(ckpt_path):  # hpc, registry, a URL: Lightning's
+            return
+        checkpoint = read_checkpoint(ckpt_path)
+        check_same_model(config, checkpoint, ckpt_path, subcommand)
+        logger = config.trainer.logger
+        if subcommand == "fit" and is_tensorboard(logger) and logger.init_args.purge_step is None:
+            # A resume in the run's folder would log the steps after the checkpoint twice:
+            # TensorBoard drops the earlier event file's steps after the checkpoint's.
+            self.resume["purge_step"] = checkpoint.get("global_step", 0) + 1
+
+    def instantiate_classes(self) -> None:
+        """Build the run; a resumed fit's logger continues its folder (``self.resume``)."""
+        if not getattr(self, "resume", None):
+            super().instantiate_classes()
+            return
+        config = self.config.get(str(self.subcommand), self.config)
+        args = config.trainer.logger.init_args
+        saved = {key: args[key] for key in self.resume}
+        for key, value in self.resume.items():
+            args[key] = value
+        super().instantiate_classes()
+        for key, value in saved.items():  # the saved config.yaml stays the run's own
+            args[key] = value
+        if "version" in self.resume:  # continued in place: its config.yaml, rewritten at
+            config.ckpt_path = None  # setup, reproduces the whole run (config_init resumes)
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         settings = self.config_init.get(str(self.subcommand), self.config_init)
+        if config.get("enable_checkpointing") is False:  # then checkpoint: goes unused
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if config.get("enable_progress_bar") is not False:
             rate = settings.get("progress_refresh_rate")
             callbacks = [*callbacks, StepProgressBar(refresh_rate=rate)]
@@ -105,16 +208,21 @@ def build_cli(
     The sweep passes ``save_config=False``: it has already written the run's config.yaml,
     atomically.
     """
-    return LSTMLightningCLI(
-        LanguageModel,
-        SequenceDataModule,
-        seed_everything_default=0,
-        args=args,
-        run=run,
-        parser_kwargs={"exit_on_error": False},
-        save_config_kwargs={"overwrite": True},
-        save_config_callback=SaveConfigCallback if save_config else None,
-    )
+    with quiet():
+        return LSTMLightningCLI(
+            LanguageModel,
+            SequenceDataModule,
+            seed_everything_default=0,
+            trainer_defaults={"callbacks": [StopOnSignal(), LastAtEnd()]},
+            args=args,
+            run=run,
+            parser_kwargs={"exit_on_error": False},
+            save_config_kwargs={"overwrite": True},
+            save_config_callback=SaveConfigCallback if save_config else None,
+            # The optimizer and schedule are model.optimizer and model.schedule (muP sets
+            # them per parameter group): LightningCLI's --optimizer would bypass muP.
+            auto_configure_optimizers=False,
+        )
 
 
 class _ParseOnly(LSTMLightningCLI):
@@ -137,6 +245,7 @@ def parser_only():
             seed_everything_default=0,
             args=[],
             run=False,
+            auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False},
         )
     return cli.parser
@@ -159,7 +268,12 @@ def check_config_files(argv: list[str]) -> None:
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
             problem = getattr(err, "problem", None) or "not valid YAML"
             raise ConfigError(f"--config: {path} is not valid YAML: {problem}{at}") from None
-        if content is not None and not isinstance(content, dict):
+        check(
+            content is not None,
+            f"--config: {path} is empty; give it trainer:, model: and data: keys "
+            "(see configs/lstm.yaml)",
+        )
+        if not isinstance(content, dict):
             raise ConfigError(
                 f"--config: {path} must hold a mapping of keys "
                 f"(trainer:, model:, data:), got a {type(content).__name__}"
@@ -180,26 +294,58 @@ def suggestion(text: str) -> str:
         r"key)\W+['\"]?(?:--)?([\w.]+)",
         text,
     )
-    if not match:
-        return ""
-    key = match.group(1)
-    known = known_keys()
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    if not close:
-        leaf = key.rsplit(".", 1)[-1]
-        close = [
-            k
-            for k in known
-            if k.rsplit(".", 1)[-1]
-            in difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in known], n=3)
-        ]
-    return f" (did you mean {', '.join(close[:3])}?)" if close else ""
+    return did_you_mean(match.group(1), known_keys()) if match else ""
 
 
 def known_keys() -> list[str]:
-    import inspect
+    """Every model and data key, as ``model.hidden_size``."""
+    sections = (("model", LanguageModel), ("data", SequenceDataModule))
+    return [f"{name}.{key}" for name, cls in sections for key in inspect.signature(cls).parameters]
 
-    keys = []
-    for section, cls in (("model", LanguageModel), ("data", SequenceDataModule)):
-        keys += [f"{section}.{name}" for name in inspect.signature(cls).parameters]
-    return keys
+
+# --- checks before a run is built ------------------------------------------------------
+
+
+def check_run(config, subcommand: str | None) -> None:
+    """Refuse a fit that would do nothing, run forever or never reach its learning rate;
+    warn about one that would never validate."""
+    if subcommand != "fit":
+        return
+    trainer, steps = config.trainer, config.trainer.max_steps
+    check(steps != 0, "trainer.max_steps=0 trains nothing; set the number of steps to take")
+    check(
+        steps > 0 or trainer.max_epochs is not None or trainer.max_time is not None,
+        "trainer.max_steps is not set, so Lightning would train for 1000 epochs; pass a "
+        "config (--config configs/lstm.yaml) or set --trainer.max_steps",
+    )
+    warmup = config.model.warmup_steps
+    check(
+        steps < 0 or warmup <= steps,
+        f"model.warmup_steps={warmup} is above trainer.max_steps={steps}: the learning rate "
+        f"would never reach model.learning_rate; use at most {steps} warm-up steps",
+    )
+    interval = trainer.val_check_interval
+    if steps > 0 and isinstance(interval, int) and interval > steps:
+        print(
+            f"warning: trainer.val_check_interval={interval} is above trainer.max_steps="
+            f"{steps}: this run will not validate",
+            file=sys.stderr,
+        )
+
+
+def summary(cli: LSTMLightningCLI, seconds: float) -> str:
+    """One line at the end of a fit: where, how far, how good, how long."""
+    trainer, metrics = cli.trainer, cli.trainer.callback_metrics
+    parts = [f"{trainer.global_step} steps"]
+    if cli.model.diverged_at_step is not None:
+        parts.append(f"diverged at step {cli.model.diverged_at_step}")
+    if "val/loss" in metrics:
+        loss = f"val/loss {float(metrics['val/loss']):.4f}"
+        if "val/loss_floor" in metrics:
+            loss += f" (floor {float(metrics['val/loss_floor']):.4f})"
+        parts.append(loss)
+    else:
+        parts.append("no validation")
+    minutes, secs = divmod(round(seconds), 60)
+    parts.append(f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+    return f"done: {trainer.log_dir or trainer.default_root_dir}: {', '.join(parts)}"

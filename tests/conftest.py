@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lstm_lightning.report import write_report
 
@@ -62,6 +65,36 @@ def tiny_args(tmp_path, *extra: str, steps: int = 4) -> list[str]:
 def tiny(tmp_path):
     """``tiny(*extra, steps=4)``: CLI flags for a tiny run writing under tmp_path."""
     return lambda *extra, steps=4: tiny_args(tmp_path, *extra, steps=steps)
+
+
+# --- entry ---
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """{tag: values} of every scalar TensorBoard holds for ``run_dir``, in step order."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+class SignalAt(Callback):
+    """Sends this process ``signum`` once, at the end of the batch reaching ``step``: a
+    user's Ctrl-C or a scheduler's SIGTERM, at a known step (``--trainer.callbacks``)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def signal_at(step: int, signum: int) -> list[str]:
+    """Flags adding ``SignalAt(step, signum)`` to a run's callbacks."""
+    callback = {"class_path": "tests.conftest.SignalAt", "init_args": {"step": step}}
+    callback["init_args"]["signum"] = int(signum)
+    return ["--trainer.callbacks", json.dumps([callback])]
 
 
 # --- report ---

@@ -1,12 +1,17 @@
 """Tests for the coordinate check: muP slopes flat, SP logits growing, outputs and flags."""
 
 import csv
+import inspect
+from pathlib import Path
 
 import pytest
 
 from lstm_lightning import coord_check as cc
-from lstm_lightning.cli import run_command
+from lstm_lightning.cli import EXIT_CONFIG_ERROR, main, run_command
 from lstm_lightning.errors import ConfigError
+from lstm_lightning.module import LanguageModel
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Small but honest: one layer (the model default), widths 64..512 (at 32..256 the base
 # width's finite-size effect tilts the cell state; measured muP cell0 0.18 there), Adam
@@ -108,7 +113,7 @@ def test_cli_flags(config, tmp_path, capsys):
     # The CLI builds flags from main's signature; --check is a switch.
     args = ["--config", config, "--widths", "16,32", "--steps", "1", "--seeds", "1"]
     args += ["--parametrization", "mup", "--out", str(tmp_path), "--no_check"]
-    assert run_command("coord_check", args) == 0
+    assert run_command("coord-check", args) == 0
     assert "cell0" in capsys.readouterr().out
     assert (tmp_path / "coord_check.csv").exists()
 
@@ -135,8 +140,46 @@ def test_bad_input(kwargs, flag, tmp_path):
 def test_bad_config_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  hiden_size: 64\n")
-    with pytest.raises(ConfigError, match="--config: model.hiden_size"):
+    with pytest.raises(ConfigError, match="--config: .*hiden_size.*did you mean model.hidden_size"):
         cc.main(config=str(path), out=str(tmp_path))
+
+
+def test_config_is_read_as_fit_reads_it(tmp_path):
+    # The fit parser: a whole fit config (trainer: section included) and its defaults.
+    model, data = cc.load_config(str(ROOT / "configs" / "lstm.yaml"))
+    assert (model["hidden_size"], model["learning_rate"], data["seq_len"]) == (128, 0.04, 64)
+    path = tmp_path / "base.yaml"
+    path.write_text("model:\n  base_hidden_size: 64\n")
+    assert cc.load_config(str(path))[0]["base_hidden_size"] == 64
+    default = inspect.signature(LanguageModel).parameters["base_hidden_size"].default
+    assert cc.load_config(None)[0]["base_hidden_size"] == default
+    model_kw = {**cc.load_config(str(path))[0], "vocab_size": 16}
+    model, _ = cc.build(model_kw, "mup", 128, steps=1)
+    assert model.width_mult == 2  # 128 / 64
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), ("", "is empty"), ("model: [1,\n", "not valid YAML")],
+)
+def test_bad_config_file_is_one_line(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"--config: .*{message}") as err:
+        cc.main(config=str(path), out=str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_out_naming_a_file_is_refused_by_the_cli(tmp_path, capsys):
+    out = tmp_path / "taken.txt"
+    out.write_text("mine")
+    assert main(["coord-check", "--out", str(out)]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: --out: {out} is a file; name a folder for coord_check.csv and coord_check.png"
+    ]
+    assert out.read_text() == "mine"
 
 
 @pytest.mark.slow
@@ -144,5 +187,5 @@ def test_check_passes_on_the_defaults(tmp_path):
     """The issue's bar, as a user's CI would run it: `cli.py coord-check --check` with
     every default (widths 32..512, 5 steps, 3 seeds, Adam at the model's lr) exits 0."""
     out = tmp_path / "cc"
-    assert run_command("coord_check", ["--out", str(out), "--check"]) == 0
+    assert run_command("coord-check", ["--out", str(out), "--check"]) == 0
     assert (out / "coord_check.csv").exists() and (out / "coord_check.png").exists()
