@@ -72,9 +72,14 @@ def selection(args: argparse.Namespace) -> list[str]:
 
 def planned(args: argparse.Namespace, runs_dir: Path) -> list[sweep.Run]:
     """The runs of the selection, resolved as the sweep resolves them into ``runs_dir``."""
-    runs, _, _ = sweep.prepare(
-        args.experiments, args.labels, args.definitions, args.config, str(runs_dir)
+    chosen = sweep.Selection(
+        experiments=args.experiments,
+        labels=args.labels,
+        definitions=args.definitions,
+        config=args.config,
+        runs_dir=str(runs_dir),
     )
+    runs, _, _ = sweep.prepare(chosen)
     return runs
 
 
