@@ -237,7 +237,7 @@ def sequential(todo: list[Run], threads: list[int | None]) -> list[Outcome]:
     with Stopping() as stop:
         while queue:
             run, t, wait = queue.pop(0)
-            line.started(run, " (waits: another sweep holds it)" if wait else "")
+            line.started(run, ", waits for the sweep that holds it" if wait else "")
             try:
                 outcome = run_one(run, t, wait=wait)
             except (KeyboardInterrupt, SystemExit):

@@ -339,6 +339,13 @@ def read_result(run_dir: Path) -> dict | None:
 def plan(run: Run) -> None:
     """Decide ``run.action`` and ``run.note`` from what its folder holds now."""
     try:
+        decide(run)
+    except OSError as err:  # e.g. a file where its folder should be
+        run.action, run.note = "fail", f"cannot read {run.dir} ({err.strerror or err})"
+
+
+def decide(run: Run) -> None:
+    try:
         result = read_result(run.dir)
     except (results.ResultError, OSError) as err:
         run.action, run.note = unreadable_result(run, err)
