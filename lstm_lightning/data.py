@@ -1,8 +1,8 @@
-"""Token streams and the DataModule that batches them.
+"""The DataModule that batches token streams: windows, samplers, DDP shards, floors.
 
-A source gives three contiguous 1-D token streams (train, val, test). A batch is a
-(B_local, seq_len + 1) int64 tensor of windows; the model reads [:, :-1] and predicts
-[:, 1:]. Two batchings:
+A source (``corpus``) gives three contiguous 1-D token streams (train, val, test). A
+batch is a (B_local, seq_len + 1) int64 tensor of windows; the model reads [:, :-1] and
+predicts [:, 1:]. Two batchings:
 
 - ``windows``: independent windows. Each training epoch draws a random phase in
   [0, seq_len) and shuffles the windows at that phase, so every token is seen once an
@@ -27,37 +27,22 @@ picks K.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lstm_lightning import synthetic
-from lstm_lightning.errors import ConfigError, check
+from lstm_lightning.corpus import SYNTHETIC_CHAIN_LEN, Corpus, Source, load_corpus
+from lstm_lightning.errors import check
 from lstm_lightning.fused import stack_steps
+from lstm_lightning.ranges import check_arguments
 
-Source = Literal["synthetic", "text", "tokens"]
 Batching = Literal["windows", "contiguous"]
-
-# The synthetic corpus is made of independent stationary chains of this length; the
-# floor computation resets the HMM belief at each chain start, so it stays exact.
-SYNTHETIC_CHAIN_LEN = 4096
-
-
-@dataclass
-class Corpus:
-    """Three token streams (1-D int arrays or tensors) and what is known about them."""
-
-    train: np.ndarray | torch.Tensor
-    val: np.ndarray | torch.Tensor
-    test: np.ndarray | torch.Tensor
-    vocab_size: int
-    hmm: synthetic.HMM | None = None  # the true process, when there is one
 
 
 class TokenWindows(Dataset):
@@ -175,8 +160,8 @@ class SequenceDataModule(L.LightningDataModule):
         source: ``synthetic`` (embedded random HMM, no files), ``text`` (a UTF-8 file,
             character-level) or ``tokens`` (a ``.npy`` or raw binary file of token ids).
         path: The file for ``text`` and ``tokens``.
-        vocab_size: For ``tokens``: the vocabulary size (default: largest id + 1). Ids
-            at or above it are an error. Ignored by the other sources.
+        vocab_size: For ``tokens``: the vocabulary size (default: largest id + 1, up to
+            2**24). Ids at or above it are an error. Ignored by the other sources.
         token_dtype: For a raw binary ``tokens`` file: the integer type of each id.
         seq_len: Tokens per training window (the TBPTT length in ``contiguous`` mode).
         batch_size: The global batch: under DDP each of W ranks takes batch_size / W.
@@ -201,41 +186,31 @@ class SequenceDataModule(L.LightningDataModule):
         self,
         source: Source = "synthetic",
         path: str | None = None,
-        vocab_size: int | None = None,
+        vocab_size: PositiveInt | None = None,
         token_dtype: Literal["uint8", "uint16", "int32", "uint32", "int64"] = "uint16",
-        seq_len: int = 64,
-        batch_size: int = 32,
+        seq_len: PositiveInt = 64,
+        batch_size: PositiveInt = 32,
         batching: Batching = "windows",
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        num_workers: int = 0,
+        val_fraction: OpenUnitInterval = 0.05,
+        test_fraction: OpenUnitInterval = 0.05,
+        num_workers: NonNegativeInt = 0,
         seed: int = 0,
-        synthetic_tokens: int = 1_048_576,
-        synthetic_states: int = 128,
-        synthetic_vocab: int = 64,
-        synthetic_branching: int = 2,
-        synthetic_emission_support: int = 4,
-        steps_per_batch: int | Literal["auto"] = "auto",
+        synthetic_tokens: PositiveInt = 1_048_576,
+        synthetic_states: PositiveInt = 128,
+        synthetic_vocab: PositiveInt = 64,
+        synthetic_branching: PositiveInt = 2,
+        synthetic_emission_support: PositiveInt = 4,
+        steps_per_batch: PositiveInt | Literal["auto"] = "auto",
     ):
         super().__init__()
+        # The ranges and choices are the annotations' types: the parser checks them on
+        # every entry point; this applies the same types to a module built in Python.
+        check_arguments(SequenceDataModule.__init__, locals(), "data")
         # vocab_size stays out of hparams: the model's vocab_size is the one in use.
         self.save_hyperparameters(ignore=["vocab_size"])
         self.requested_vocab_size = vocab_size
-        check(
-            source in ("synthetic", "text", "tokens"),
-            f"data.source: unknown source {source!r}; use synthetic, text or tokens",
-        )
-        check(seq_len >= 1, f"data.seq_len must be at least 1, got {seq_len}")
-        check(batch_size >= 1, f"data.batch_size must be at least 1, got {batch_size}")
-        check(num_workers >= 0, f"data.num_workers must be >= 0, got {num_workers}")
-        check(
-            steps_per_batch == "auto" or steps_per_batch >= 1,
-            f"data.steps_per_batch must be a positive integer or auto, got {steps_per_batch}",
-        )
         # The K in use; the CLI resolves auto (resolve_steps_per_batch) before fitting.
         self.steps_per_batch = 1 if steps_per_batch == "auto" else steps_per_batch
-        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            check(0 < frac < 1, f"data.{key} must be between 0 and 1, got {frac}")
         check(
             val_fraction + test_fraction < 1,
             "data.val_fraction + data.test_fraction must be below 1, leaving a train split",
@@ -265,15 +240,22 @@ class SequenceDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.batching == "contiguous":
             need, what = hp.batch_size * (hp.seq_len + 1), "batch_size rows of seq_len + 1"
+            smaller = "data.seq_len or data.batch_size"
         else:
             need, what = hp.seq_len + 1, "one window (seq_len + 1)"
+            smaller = "data.seq_len"
+        more = "data.synthetic_tokens" if hp.source == "synthetic" else "file"
+        share = {  # the keys that give a split more of the stream
+            "train": "smaller data.val_fraction and data.test_fraction",
+            "val": "larger data.val_fraction",
+            "test": "larger data.test_fraction",
+        }
         for split in ("train", "val", "test"):
             n = len(getattr(corpus, split))
             check(
                 n >= need,
                 f"data: the {split} split has {n} tokens, fewer than the {need} that "
-                f"{what} needs; use a larger file, a larger {split}_fraction or a smaller "
-                "seq_len",
+                f"{what} needs; use a larger {more}, a {share[split]}, or a smaller {smaller}",
             )
 
     # --- batches -------------------------------------------------------------------
@@ -380,114 +362,3 @@ class SequenceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
-
-
-# --- sources -----------------------------------------------------------------------
-
-
-def split_points(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """Ends of train and val in a stream of ``n`` tokens (train, then val, then test)."""
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
-    return n - n_val - n_test, n - n_test
-
-
-def load_corpus(hp, vocab_size: int | None = None) -> Corpus:
-    """Build the ``Corpus`` the hyperparameters describe; raise ``ConfigError`` on bad data."""
-    if hp.source == "tokens":
-        return tokens_corpus(hp, vocab_size)
-    return synthetic_corpus(hp) if hp.source == "synthetic" else text_corpus(hp)
-
-
-def synthetic_corpus(hp) -> Corpus:
-    try:
-        hmm = synthetic.make_hmm(
-            hp.synthetic_states,
-            hp.synthetic_vocab,
-            hp.synthetic_branching,
-            hp.synthetic_emission_support,
-            hp.seed,
-        )
-    except ValueError as err:
-        raise ConfigError(f"data.{err}") from None
-    train_end, val_end = split_points(hp.synthetic_tokens, hp.val_fraction, hp.test_fraction)
-    sizes = (train_end, val_end - train_end, hp.synthetic_tokens - val_end)
-    streams = []
-    for i, size in enumerate(sizes):
-        chains = -(-size // SYNTHETIC_CHAIN_LEN)  # ceil
-        tokens = synthetic.sample(hmm, chains, SYNTHETIC_CHAIN_LEN, seed=hp.seed * 3 + i + 1)
-        streams.append(torch.from_numpy(tokens.reshape(-1)[:size].copy()))
-    return Corpus(*streams, vocab_size=hmm.vocab_size, hmm=hmm)
-
-
-def read_file(path: str) -> bytes:
-    check(os.path.isfile(path), f"data.path: {path} does not exist or is not a file")
-    with open(path, "rb") as f:
-        data = f.read()
-    check(len(data) > 0, f"data.path: {path} is empty")
-    return data
-
-
-def text_corpus(hp) -> Corpus:
-    raw = read_file(hp.path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"data.path: {hp.path} is not UTF-8 text (bad byte at offset {err.start}); "
-            "convert it (iconv -t UTF-8) or use source: tokens"
-        ) from None
-    # Code points as one array: no per-character Python loop.
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,)
-    train_end, val_end = split_points(len(codes), hp.val_fraction, hp.test_fraction)
-    chars = np.unique(codes[:train_end])  # sorted vocabulary of the train split
-    # Id 0 is the unknown symbol, for characters the train split never shows.
-    pos = np.clip(np.searchsorted(chars, codes), 0, len(chars) - 1)
-    ids = np.where(chars[pos] == codes, pos + 1, 0).astype(np.int64)
-    stream = torch.from_numpy(ids)
-    return Corpus(
-        stream[:train_end], stream[train_end:val_end], stream[val_end:], vocab_size=len(chars) + 1
-    )
-
-
-def tokens_corpus(hp, vocab_size: int | None) -> Corpus:
-    path = hp.path
-    check(os.path.isfile(path), f"data.path: {path} does not exist or is not a file")
-    check(os.path.getsize(path) > 0, f"data.path: {path} is empty")
-    if path.endswith(".npy"):
-        try:
-            ids = np.load(path, mmap_mode="r")
-        except ValueError as err:
-            raise ConfigError(f"data.path: {path} is not a readable .npy file ({err})") from None
-        check(
-            ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer),
-            f"data.path: {path} must hold a 1-D integer array, got {ids.ndim}-D {ids.dtype}",
-        )
-    else:
-        itemsize = np.dtype(hp.token_dtype).itemsize
-        check(
-            os.path.getsize(path) % itemsize == 0,
-            f"data.path: {path} is not a whole number of {hp.token_dtype} ids; "
-            "set data.token_dtype to the type it was written with",
-        )
-        ids = np.memmap(path, dtype=hp.token_dtype, mode="r")
-    low, high = id_range(ids)
-    check(low >= 0, f"data.path: {path} holds a negative token id ({low})")
-    vocab = vocab_size if vocab_size is not None else high + 1
-    check(
-        high < vocab,
-        f"data.path: {path} holds token id {high}, at or above data.vocab_size={vocab}; "
-        f"raise data.vocab_size to at least {high + 1}",
-    )
-    train_end, val_end = split_points(len(ids), hp.val_fraction, hp.test_fraction)
-    return Corpus(ids[:train_end], ids[train_end:val_end], ids[val_end:], vocab_size=int(vocab))
-
-
-def id_range(ids: np.ndarray, chunk: int = 1 << 24) -> tuple[int, int]:
-    """(min, max) of a possibly memory-mapped array, read in chunks of ``chunk`` ids."""
-    low, high = None, None
-    for i in range(0, len(ids), chunk):
-        part = np.asarray(ids[i : i + chunk])
-        low = int(part.min()) if low is None else min(low, int(part.min()))
-        high = int(part.max()) if high is None else max(high, int(part.max()))
-    return low, high

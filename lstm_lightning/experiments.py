@@ -1,8 +1,9 @@
 """Experiment definitions: named groups of labelled override sets, as plain data.
 
-A group is a dict with exactly two keys; each sub-experiment is one run, described by
-its overrides of a base config (the sweep runner maps flat aliases such as
-``learning_rate`` or dotted paths such as ``trainer.max_steps`` to config keys)::
+A group is a dict with exactly two keys (``groups``: the format and its checks); each
+sub-experiment is one run, described by its overrides of a base config (the sweep runner
+maps flat aliases such as ``learning_rate`` or dotted paths such as ``trainer.max_steps``
+to config keys)::
 
     {"name": "experiment_group_name",
      "subexperiments": [{"label": "unique_label",
@@ -11,9 +12,11 @@ its overrides of a base config (the sweep runner maps flat aliases such as
 A run's results live under ``<runs_dir>/<group name>/<label>/``, so names and labels
 are folder names: only ``[A-Za-z0-9._+-]``, not starting with ``.`` or ``-``, at most
 128 characters (``check_structure``). Labels are unique across every group selected
-together (``check_unique_labels``); two groups may share a label only for the very same
-run (identical overrides), as ``MUP_SCALING_EXPERIMENTS`` shares its runs with the
-``LSTM_*_SCALING`` groups.
+together (``check_unique_labels``): a selection in which two groups share a label is
+refused, even when their overrides are identical. Across this package's groups
+(``GROUPS``, the registry ``--experiments`` picks from) a label always means the same
+run; ``LSTM_LR_EXPERIMENTS`` repeats the eight width-64 runs of ``LSTM_ADAM_MUP_SCALING``
+under the same labels, so sweep those two separately. Any other two go together.
 
 The groups below are sized for a laptop CPU at the runner's default budget (about 300
 steps of 32 x 64 tokens: ~2 s a run at width 16, ~5 s at width 64). To scale them up on a
@@ -37,134 +40,24 @@ dicts (deep copies) and never mutates its inputs.
 from __future__ import annotations
 
 import copy
-import difflib
-import re
+import importlib.util
+import os
+import sys
+import traceback
 from collections.abc import Iterable
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
-from lstm_lightning.errors import ConfigError
+from lstm_lightning.errors import ConfigError, did_you_mean
 
-Group = dict[str, Any]
-
-GROUP_KEYS = ("name", "subexperiments")
-SUBEXPERIMENT_KEYS = ("label", "overrides")
-SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,127}")
-SAFE_CHARS = "letters, digits and . _ + - (not starting with . or -, at most 128 characters)"
-
-
-# --- structure checks -----------------------------------------------------------------
-
-
-def check_structure(group: Any) -> None:
-    """Raise ``ValueError`` (a ``ConfigError``) unless ``group`` has the seed's structure.
-
-    A dict with exactly ``name`` (a safe folder name) and ``subexperiments`` (a non-empty
-    list); each sub-experiment a dict with exactly ``label`` (a safe folder name) and
-    ``overrides`` (a dict with str keys).
-
-    >>> check_structure({"name": "G", "subexperiments": [{"label": "a", "overrides": {}}]})
-    >>> check_structure({"name": "G", "subexperiments": [{"label": "a", "override": {}}]})
-    Traceback (most recent call last):
-    ...
-    lstm_lightning.errors.ConfigError: group 'G', sub-experiment 0 (label 'a'): unknown key 'override' (did you mean overrides?); a sub-experiment has exactly the keys label, overrides
-    """
-    _check_keys(group, GROUP_KEYS, "an experiment group", "experiment group")
-    name = group["name"]
-    _check_safe_name(name, "experiment group: name")
-    where = f"group {name!r}"
-    subs = group["subexperiments"]
-    if not isinstance(subs, list) or not subs:
-        raise ConfigError(
-            f"{where}: subexperiments must be a non-empty list of "
-            f"{{'label': ..., 'overrides': {{...}}}} dicts, got {subs!r:.60}"
-        )
-    for i, sub in enumerate(subs):
-        _check_subexperiment(sub, f"{where}, sub-experiment {i}")
-
-
-def _check_subexperiment(sub: Any, where: str) -> None:
-    label = sub.get("label") if isinstance(sub, dict) else None
-    if isinstance(label, str):
-        where = f"{where} (label {label!r})"
-    _check_keys(sub, SUBEXPERIMENT_KEYS, "a sub-experiment", where)
-    _check_safe_name(label, f"{where}: label")
-    overrides = sub["overrides"]
-    if not isinstance(overrides, dict):
-        raise ConfigError(
-            f"{where}: overrides must be a dict such as {{'learning_rate': 0.01}}, "
-            f"got {type(overrides).__name__}"
-        )
-    bad = [k for k in overrides if not isinstance(k, str) or not k]
-    if bad:
-        raise ConfigError(
-            f"{where}: override keys must be non-empty strings (an alias such as "
-            f"'learning_rate' or a path such as 'trainer.max_steps'), got {bad[0]!r}"
-        )
-
-
-def _check_keys(obj: Any, keys: tuple[str, ...], what: str, where: str) -> None:
-    """``obj`` is a dict with exactly ``keys``; the error names the first problem."""
-    allowed = ", ".join(keys)
-    if not isinstance(obj, dict):
-        raise ConfigError(
-            f"{where}: {what} must be a dict with exactly the keys {allowed}, "
-            f"got {type(obj).__name__}"
-        )
-    for key in obj:
-        if key not in keys:
-            near = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ConfigError(
-                f"{where}: unknown key {key!r}{hint}; {what} has exactly the keys {allowed}"
-            )
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise ConfigError(
-            f"{where}: missing key {missing[0]!r}; {what} has exactly the keys {allowed}"
-        )
-
-
-def _check_safe_name(name: Any, where: str) -> None:
-    # Names become folders (<runs_dir>/<group>/<label>) and SLURM job names.
-    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise ConfigError(f"{where} {name!r} is not a safe folder name; use only {SAFE_CHARS}")
-
-
-def check_unique_labels(groups: Group | list[Group]) -> None:
-    """Raise ``ValueError`` (a ``ConfigError``) naming every label used more than once.
-
-    Labels must be unique across everything selected together, since the runner and
-    the report identify a run by its label.
-
-    >>> a = {"name": "A", "subexperiments": [{"label": "x", "overrides": {}}]}
-    >>> check_unique_labels([a, {"name": "B", "subexperiments": a["subexperiments"]}])
-    Traceback (most recent call last):
-    ...
-    lstm_lightning.errors.ConfigError: duplicate labels: 'x' (in groups A, B); labels must be unique across the selected groups: rename one, or drop one group or run (subset_experiments)
-    """
-    groups = _as_list(groups)
-    for group in groups:
-        check_structure(group)
-    seen: dict[str, list[str]] = {}
-    for group in groups:
-        for sub in group["subexperiments"]:
-            seen.setdefault(sub["label"], []).append(group["name"])
-    dups = [
-        f"{label!r} (in groups {', '.join(names)})"
-        for label, names in seen.items()
-        if len(names) > 1
-    ]
-    if dups:
-        raise ConfigError(
-            f"duplicate labels: {'; '.join(dups)}; labels must be unique across the selected "
-            "groups: rename one, or drop one group or run (subset_experiments)"
-        )
-
-
-def _as_list(groups: Group | list[Group]) -> list[Group]:
-    return [groups] if isinstance(groups, dict) else list(groups)
-
+# The group format (``groups``); its names are re-exported (``X as X``) because
+# definitions files and slurm import them from here.
+from lstm_lightning.groups import GROUP_KEYS as GROUP_KEYS
+from lstm_lightning.groups import SAFE_CHARS as SAFE_CHARS
+from lstm_lightning.groups import SAFE_NAME as SAFE_NAME
+from lstm_lightning.groups import SUBEXPERIMENT_KEYS as SUBEXPERIMENT_KEYS
+from lstm_lightning.groups import Group, as_list, check_structure, check_unique_labels
 
 # --- utilities (the seed's names) ------------------------------------------------------
 
@@ -192,7 +85,7 @@ def subset_experiments(
     wanted = {wanted} if isinstance(wanted, str) else set(wanted)
     if not wanted:
         raise ConfigError("subset_experiments: no labels wanted; pass a set of labels to keep")
-    groups = _as_list(experiments)
+    groups = as_list(experiments)
     _check_wanted_exist(groups, wanted)
     kept = [_keep(group, wanted) for group in groups]
     kept = [group for group in kept if group["subexperiments"]]
@@ -212,11 +105,8 @@ def _check_wanted_exist(groups: list[Group], wanted: set[str]) -> None:
 
 
 def _missing(label: str, labels: list[str]) -> str:
-    near = difflib.get_close_matches(label, labels, n=3)
-    hint = (
-        f"did you mean {', '.join(near)}?" if near else f"no close match among {len(labels)} labels"
-    )
-    return f"no sub-experiment labelled {label!r} ({hint})"
+    hint = did_you_mean(label, labels) or f" (no close match among {len(labels)} labels)"
+    return f"no sub-experiment labelled {label!r}{hint}"
 
 
 def generate_lr_sweep_experiment(
@@ -409,7 +299,8 @@ LSTM_LR_EXPERIMENTS = generate_lr_sweep_experiment(
     name="LSTM_LR_EXPERIMENTS",
 )
 
-# Every named group, so the runner can pick them by name (--experiments NAME[,NAME]).
+# The registry of this package's groups, by name: what --experiments NAME[,NAME] picks
+# from when no --definitions file is given (named_groups). A new group goes here.
 GROUPS: dict[str, Group] = {
     group["name"]: group
     for group in (
@@ -425,3 +316,105 @@ GROUPS: dict[str, Group] = {
 
 # The default the runner uses (the seed's EXPERIMENTS; change it here or pick by name).
 EXPERIMENTS = LSTM_SGD_MUP_SCALING
+
+
+# --- selection (the sweep's --definitions, --experiments, --labels) ---------------------
+
+
+def load_definitions(path: str | None):
+    """This module, or a user's definitions module loaded from ``path``.
+
+    A definitions file is Python and is executed: load only files you trust. Any
+    fault in it (missing, a folder, a syntax error, an exception) is one ``ConfigError``
+    line naming the file and, where known, the line.
+    """
+    if path is None:
+        return sys.modules[__name__]
+    if os.path.isdir(path):
+        raise ConfigError(f"--definitions: {path} is a directory, not a Python file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--definitions: {path} does not exist")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if spec is None:  # no loader for the suffix (e.g. defs.yaml)
+        raise ConfigError(f"--definitions: {path} is not a Python file (.py)")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a user's file: report any error as one line
+        raise ConfigError(f"--definitions: {_import_fault(path, err)}") from None
+    return module
+
+
+def _import_fault(path: str, err: Exception) -> str:
+    """'<file>, line N: failed to import: <Type>: <message>' on one line."""
+    where, message = path, str(err)
+    if isinstance(err, SyntaxError):
+        where, message = err.filename or path, err.msg
+        line = err.lineno
+    else:  # the deepest frame in the definitions file itself
+        mine = os.path.realpath(path)
+        frames = traceback.extract_tb(err.__traceback__)
+        lines = [f.lineno for f in frames if os.path.realpath(f.filename) == mine]
+        line = lines[-1] if lines else None
+    at = f", line {line}" if line else ""
+    message = " ".join(message.split())  # one line, whatever the exception says
+    return f"{where}{at}: failed to import: {type(err).__name__}: {message}"
+
+
+def as_groups(value: Any) -> list[dict]:
+    """A group or a list of groups, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def named_groups(module) -> dict[str, list[dict]]:
+    """Every group a module names: this package's ``GROUPS`` registry, or for a user's
+    module every upper-case variable holding a group or a list of groups, by variable
+    name and (a single group) by its ``name`` field."""
+    if module is sys.modules[__name__]:
+        return {name: [group] for name, group in GROUPS.items()}
+    found: dict[str, list[dict]] = {}
+    for attr, value in vars(module).items():
+        groups = as_groups(value)
+        if (
+            attr.isupper()
+            and groups
+            and all(isinstance(g, dict) and "subexperiments" in g for g in groups)
+        ):
+            found[attr] = groups
+            if len(groups) == 1 and isinstance(groups[0].get("name"), str):
+                found.setdefault(groups[0]["name"], groups)
+    return found
+
+
+def select(module, experiments: str | None, labels: str | None) -> list[dict]:
+    """The groups to run: ``EXPERIMENTS``, or the named ones, cut to ``labels``."""
+    if experiments:
+        available = named_groups(module)
+        groups = []
+        for name in experiments.split(","):
+            if name not in available:
+                raise ConfigError(
+                    f"--experiments: no group named {name!r}{did_you_mean(name, available)}; "
+                    f"available: {', '.join(sorted(available))}"
+                )
+            groups += available[name]
+    else:
+        if not hasattr(module, "EXPERIMENTS"):
+            raise ConfigError(
+                "the definitions define no EXPERIMENTS; set it or pass --experiments NAME"
+            )
+        groups = as_groups(module.EXPERIMENTS)
+    for group in groups:
+        _teach(check_structure, group)
+    if labels:
+        groups = _teach(subset_experiments, groups, set(labels.split(",")))
+    _teach(check_unique_labels, groups)
+    return groups
+
+
+def _teach(fn, *args):
+    """Run a definitions check; its ValueError becomes the one-line ConfigError."""
+    try:
+        return fn(*args)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

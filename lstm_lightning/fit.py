@@ -23,6 +23,7 @@ from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.fused import StepProgressBar, fuse_steps
 from lstm_lightning.module import LanguageModel
+from lstm_lightning.ranges import restriction_words
 from lstm_lightning.requeue import RequeueOnSignal
 
 # Lightning 2.6 warns on every fit about its own use of torch's pytree API.
@@ -156,7 +157,7 @@ def check_config_files(argv: list[str]) -> None:
 def one_line(err: Exception) -> str:
     """Fold a (possibly multi-line) parser error into one line, with near matches."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    text = re.sub(r"\s+", " ", text)
+    text = restriction_words(re.sub(r"\s+", " ", text))  # a range in the classes' words
     return text + suggestion(text)
 
 

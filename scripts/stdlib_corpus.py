@@ -48,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.bytes < 1:
         raise SystemExit(f"error: --bytes must be at least 1, got {args.bytes}")
+    if Path(args.out).is_dir():
+        raise SystemExit(f"error: --out {args.out} is a directory; name the file to write")
     data = build(args.bytes).encode("utf-8")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(args.out), data)
+    try:
+        write_atomic(Path(args.out), data)  # makes the missing folders
+    except OSError as err:
+        raise SystemExit(f"error: --out {args.out}: cannot write it ({err.strerror})") from None
     digest = hashlib.sha256(data).hexdigest()[:16]
     print(
         f"wrote {args.out}: {len(data)} bytes, {len(set(data.decode()))} characters, sha256 {digest}"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import copy
 import doctest
+import itertools
 import math
+import re
 from collections import Counter
 
 import pytest
 
 import lstm_lightning.experiments as ex
+import lstm_lightning.groups
+from lstm_lightning.errors import ConfigError
 from lstm_lightning.experiments import (
     EXPERIMENTS,
     GROUPS,
@@ -18,6 +22,9 @@ from lstm_lightning.experiments import (
     create_multi_lr_experiments,
     create_multi_seed_experiments,
     generate_lr_sweep_experiment,
+    load_definitions,
+    named_groups,
+    select,
     subset_experiments,
 )
 
@@ -341,39 +348,113 @@ def test_every_group_is_well_formed(name):
     assert getattr(ex, name) is g  # the registry name is the variable name
 
 
-def test_registry_and_default():
-    assert EXPERIMENTS is ex.LSTM_SGD_MUP_SCALING
-    assert sorted(GROUPS) == [
-        "LSTM_ADAM_MUP_SCALING",
-        "LSTM_ADAM_SP_SCALING",
-        "LSTM_LR_EXPERIMENTS",
-        "LSTM_SGD_MUP_SCALING",
-        "LSTM_SGD_SP_SCALING",
-        "MUP_SCALING_EXPERIMENTS",
-        "WIDTH_EXTENSION",
-    ]
+def module_groups() -> dict[str, dict]:
+    """Every group bound to an upper-case name in the module, by that name."""
+    return {
+        attr: value
+        for attr, value in vars(ex).items()
+        if attr.isupper() and isinstance(value, dict) and "subexperiments" in value
+    }
 
 
-def test_a_label_shared_between_groups_is_the_same_run():
+def test_the_registry_holds_every_group_the_module_defines():
+    """A group defined but left out of GROUPS could not be picked by --experiments."""
+    assert {id(g) for g in module_groups().values()} == {id(g) for g in GROUPS.values()}
+    assert named_groups(ex) == {name: [g] for name, g in GROUPS.items()}
+
+
+def test_the_default_is_a_registered_group():
+    assert any(EXPERIMENTS is g for g in GROUPS.values())
+    assert select(ex, None, None) == [EXPERIMENTS]
+    for name, g in GROUPS.items():
+        assert select(ex, name, None) == [g]
+
+
+def test_a_label_means_one_run_across_the_registry():
+    """Groups may repeat a run under its label, never give one label two meanings: a
+    report reading several groups' folders identifies a run by its label."""
     seen = {}
     for g in GROUPS.values():
         for s in g["subexperiments"]:
             assert seen.setdefault(s["label"], s["overrides"]) == s["overrides"], s["label"]
 
 
-RUNS = {
-    "LSTM_SGD_MUP_SCALING": 40,
-    "LSTM_SGD_SP_SCALING": 40,
-    "LSTM_ADAM_MUP_SCALING": 40,
-    "LSTM_ADAM_SP_SCALING": 40,
-    "MUP_SCALING_EXPERIMENTS": 384,
-    "WIDTH_EXTENSION": 24,
-    "LSTM_LR_EXPERIMENTS": 14,
-}
+def test_groups_sharing_a_label_cannot_be_selected_together():
+    """The module docstring's rule: any two groups selected together share no label."""
+    overlapping = set()
+    for a, b in itertools.combinations(GROUPS, 2):
+        shared = set(labels(GROUPS[a])) & set(labels(GROUPS[b]))
+        if shared:
+            overlapping.add((a, b))
+            with pytest.raises(ConfigError, match=f"duplicate labels: '{sorted(shared)[0]}"):
+                select(ex, f"{a},{b}", None)
+        else:
+            assert select(ex, f"{a},{b}", None) == [GROUPS[a], GROUPS[b]]
+    # The one overlap the docstring names, so that it cannot go stale again.
+    assert overlapping == {("LSTM_ADAM_MUP_SCALING", "LSTM_LR_EXPERIMENTS")}
 
 
-def test_group_sizes():
-    assert {name: len(g["subexperiments"]) for name, g in GROUPS.items()} == RUNS
+def test_two_groups_sharing_a_label_are_refused_even_for_the_same_run(tmp_path):
+    """The module docstring's rule: a label names one run, so a shared one is refused."""
+    same = sub("lstm_16d_sgd_mup", hidden_size=16)
+    text = f"A = {group('A', same)!r}\nB = {group('B', same)!r}\n"
+    module = load_definitions(write_defs(tmp_path, text))
+    with pytest.raises(
+        ConfigError, match=r"duplicate labels: 'lstm_16d_sgd_mup' \(in groups A, B\)"
+    ):
+        select(module, "A,B", None)
+
+
+def sweep_aliases() -> set[str]:
+    # The alias table lives with the runner (sweep.py, or runs.py once it moves there).
+    try:
+        from lstm_lightning.runs import ALIASES
+    except ImportError:
+        from lstm_lightning.sweep import ALIASES
+    return set(ALIASES)
+
+
+def test_every_override_key_is_a_sweep_alias():
+    aliases = sweep_aliases()
+    for name, g in GROUPS.items():
+        for s in g["subexperiments"]:
+            assert set(s["overrides"]) <= aliases, (name, s["label"])
+
+
+LABEL = re.compile(
+    r"lstm_(?P<hidden_size>\d+)d_(?P<optimizer>sgd|adam)_(?P<parametrization>sp|mup)"
+    r"(_lr(?P<learning_rate>[0-9.e+-]+))?(_s(?P<seed>\d+))?"
+)
+
+
+@pytest.mark.parametrize("name", sorted(GROUPS))
+def test_every_label_states_its_overrides(name):
+    """A label is what the report and the run folder show: it must say what the run is."""
+    for s in GROUPS[name]["subexperiments"]:
+        claim = {k: v for k, v in LABEL.fullmatch(s["label"]).groupdict().items() if v}
+        o = s["overrides"]
+        assert set(o) == set(claim), s["label"]
+        assert (o["hidden_size"], o["optimizer"], o["parametrization"]) == (
+            int(claim["hidden_size"]),
+            claim["optimizer"],
+            claim["parametrization"],
+        )
+        assert f"{o['learning_rate']:g}" == claim["learning_rate"], s["label"]
+        assert str(o.get("seed")) == claim.get("seed", "None"), s["label"]
+
+
+@pytest.mark.parametrize("name", sorted(GROUPS))
+def test_every_group_is_a_full_grid_without_repeats(name):
+    """Within each optimizer x parametrization, every width meets every rate and seed."""
+    runs = [s["overrides"] for s in GROUPS[name]["subexperiments"]]
+    cells: dict[tuple, set] = {}
+    for o in runs:
+        cell = cells.setdefault((o["optimizer"], o["parametrization"]), set())
+        cell.add((o["hidden_size"], o["learning_rate"], o.get("seed")))
+    assert sum(len(c) for c in cells.values()) == len(runs)  # no run twice
+    for cell in cells.values():
+        widths, rates, seeds = ({t[i] for t in cell} for i in range(3))
+        assert cell == set(itertools.product(widths, rates, seeds))
 
 
 def test_default_group_exact():
@@ -453,12 +534,102 @@ def test_sweeps_are_ascending_powers_of_two(name):
     assert all(b - a == 1 for a, b in zip(exponents, exponents[1:]))  # steps of 2x
 
 
-def test_sweep_ranges():
-    log2 = lambda s: (int(math.log2(s[0])), int(math.log2(s[-1])), len(s))  # noqa: E731
-    assert log2(ex.ADAM_LR_SWEEP) == (-9, -2, 8)  # brackets Adam's 2^-6..2^-4
-    assert log2(ex.SGD_LR_SWEEP) == (-3, 4, 8)  # brackets SGD-muP's measured 2^2..2^3
-    assert log2(ex.NARROW_LR_SWEEP) == (-7, -3, 5)
-    assert set(ex.STANDARD_LR_SWEEP) == set(ex.ADAM_LR_SWEEP) | set(ex.SGD_LR_SWEEP)
+# Measured best rates (log2) at 300 steps that each optimizer's sweep must bracket
+# (the comment above ADAM_LR_SWEEP): Adam near 2^-6..2^-4, SGD-muP near 2^2..2^3.
+MEASURED_OPTIMA = {"adam": (-6, -4), "sgd": (2, 3)}
+
+
+@pytest.mark.parametrize("optimizer", sorted(ex.LR_SWEEPS))
+def test_each_sweep_brackets_its_optimizer_optimum(optimizer):
+    exponents = [math.log2(lr) for lr in ex.LR_SWEEPS[optimizer]]
+    low, high = MEASURED_OPTIMA[optimizer]
+    assert min(exponents) < low and high < max(exponents)  # rates on both sides
+    assert {float(e) for e in range(low, high + 1)} <= set(exponents)
+
+
+def test_standard_and_narrow_sweeps_cover_the_optimizer_sweeps():
+    union = set(ex.ADAM_LR_SWEEP) | set(ex.SGD_LR_SWEEP)
+    assert set(ex.STANDARD_LR_SWEEP) == union  # one grid holding both
+    assert set(ex.NARROW_LR_SWEEP) < set(ex.ADAM_LR_SWEEP)  # a quick Adam check
+    low, high = MEASURED_OPTIMA["adam"]
+    assert min(ex.NARROW_LR_SWEEP) < 2.0**low and 2.0**high < max(ex.NARROW_LR_SWEEP)
+
+
+# --- selection ----------------------------------------------------------------------
+
+
+def write_defs(tmp_path, text: str, name: str = "defs.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_no_definitions_path_means_this_package():
+    assert load_definitions(None) is ex
+
+
+def test_a_user_file_is_loaded_and_its_groups_named(tmp_path):
+    g, h = group("g", sub("a")), group("h", sub("b"))
+    module = load_definitions(
+        write_defs(tmp_path, f"EXPERIMENTS = {g!r}\nMINE = [{g!r}, {h!r}]\nONE = {h!r}\n")
+    )
+    found = named_groups(module)
+    assert found == {"EXPERIMENTS": [g], "g": [g], "MINE": [g, h], "ONE": [h], "h": [h]}
+    assert select(module, None, None) == [g]
+    assert select(module, "MINE", "b") == [h]
+    assert select(module, "g,ONE", None) == [g, h]
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("X = 1\nEXPERIMENTS = {'name': \n", 2, "SyntaxError: "),
+        ("import math\n\nX = math.nope\n", 3, "AttributeError: module 'math' has no attribute"),
+        ("def f():\n    raise RuntimeError('two\\nlines')\n\nf()\n", 2, "RuntimeError: two lines"),
+    ],
+)
+def test_a_broken_definitions_file_is_one_line_naming_file_and_line(tmp_path, text, line, message):
+    path = write_defs(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_definitions(path)
+    (only,) = str(err.value).splitlines()
+    assert only.startswith(f"--definitions: {path}, line {line}: failed to import: {message}")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: str(d), "is a directory, not a Python file"),
+        (lambda d: str(d / "nope.py"), "does not exist"),
+        (lambda d: write_defs(d, "EXPERIMENTS = 1\n", "defs.yaml"), "is not a Python file (.py)"),
+    ],
+)
+def test_a_definitions_path_that_is_not_a_python_file(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_definitions(path)
+    assert str(err.value) == f"--definitions: {path} {message}"
+
+
+def test_select_teaches(tmp_path):
+    module = load_definitions(write_defs(tmp_path, f"GG = {group('gg', sub('a'))!r}\n"))
+    with pytest.raises(ConfigError) as err:
+        select(module, "g", None)
+    assert str(err.value) == (
+        "--experiments: no group named 'g' (did you mean gg?); available: GG, gg"
+    )
+    with pytest.raises(ConfigError, match="define no EXPERIMENTS; set it or pass --experiments"):
+        select(module, None, None)
+    with pytest.raises(ConfigError, match="no sub-experiment labelled 'b'"):
+        select(module, "GG", "b")
+    with pytest.raises(ConfigError, match="duplicate labels: 'a' \\(in groups gg, gg\\)"):
+        select(module, "GG,gg", None)
+
+
+def test_select_checks_structure_of_a_named_group(tmp_path):
+    text = "BAD = {'name': 'b', 'subexperiments': [{'label': 'a b', 'overrides': {}}]}\n"
+    with pytest.raises(ConfigError, match="label 'a b' is not a safe folder name"):
+        select(load_definitions(write_defs(tmp_path, text)), "BAD", None)
 
 
 # --- doctests ----------------------------------------------------------------------------
@@ -468,3 +639,5 @@ def test_doctests_pass():
     result = doctest.testmod(ex, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
     assert result.attempted >= 15  # every public docstring has examples
+    result = doctest.testmod(lstm_lightning.groups, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 4

@@ -24,3 +24,18 @@ def test_impossible_sizes_are_one_line(tmp_path, size):
         stdlib_corpus.main(["--out", str(tmp_path / "x.txt"), "--bytes", size])
     assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
     assert not (tmp_path / "x.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (lambda t: t, "is a directory; name the file to write"),
+        (lambda t: t / "file" / "x.txt", "cannot write it"),  # a folder that is a file
+    ],
+)
+def test_an_unwritable_out_is_one_line(tmp_path, out, message):
+    (tmp_path / "file").write_text("")
+    path = out(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        stdlib_corpus.main(["--out", str(path), "--bytes", "1000"])
+    assert str(err.value).startswith(f"error: --out {path}") and message in str(err.value)
