@@ -345,7 +345,7 @@ class Progress:
         self.done += run.cost
         self.left -= run.cost
         if outcome.how in ("elsewhere", "held"):
-            say(f"[sweep] {run.name}: another sweep took it: {outcome.note}")
+            say(f"[sweep] {run.name}: another sweep ran it: {outcome.note}")
 
 
 def format_seconds(seconds: float) -> str:

@@ -37,6 +37,7 @@ from filelock import FileLock
 from lightning.fabric.utilities.data import AttributeDict
 
 from lstm_lightning import results
+from lstm_lightning.corpus import check_source
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.fused import resolve_steps_per_batch
@@ -181,18 +182,11 @@ def check_values(config, where: str) -> None:
     try:
         validate_hparams(model)
         SequenceDataModule(**config["data"].as_dict())  # checks arguments, loads nothing
-        check_data_file(config["data"])
+        data = config["data"]
+        check_source(data["source"], data["path"], data["token_dtype"])
         check_steps_per_batch(config)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-
-
-def check_data_file(data) -> None:
-    if data["source"] in ("text", "tokens") and not Path(data["path"] or "").is_file():
-        raise ConfigError(
-            f"data.path: {data['path']} does not exist (data.source {data['source']}); "
-            "give the path of the file"
-        )
 
 
 def check_steps_per_batch(config) -> None:

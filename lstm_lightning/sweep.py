@@ -20,8 +20,6 @@ it stopped resumes next time.
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import inspect
 import os
 import typing
@@ -35,11 +33,11 @@ import torch
 import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from lstm_lightning import experiments as definitions
 from lstm_lightning import runs as folders
 from lstm_lightning import workers as pool
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.execute import Outcome, parallel, quiet_lightning, say, sequential
+from lstm_lightning.experiments import load_definitions, select
 from lstm_lightning.files import write_atomic
 from lstm_lightning.fit import check_config_files, one_line, parser_only
 from lstm_lightning.runs import Run
@@ -69,82 +67,6 @@ class Selection:
     runs_dir: str = "runs"
     force: bool = False
     retry_failed: bool = False
-
-
-# --- selection ---------------------------------------------------------------------
-
-
-def load_definitions(path: str | None):
-    """The package's definitions, or a user's module loaded from ``path``."""
-    if path is None:
-        return definitions
-    if not os.path.isfile(path):
-        raise ConfigError(f"--definitions: {path} does not exist")
-    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:  # a user's file: report any error as one line
-        raise ConfigError(
-            f"--definitions: {path} failed to import: {type(err).__name__}: {err}"
-        ) from None
-    return module
-
-
-def as_groups(value: Any) -> list[dict]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def named_groups(module) -> dict[str, list[dict]]:
-    """Every group a module defines, by variable name and by its ``name`` field."""
-    found: dict[str, list[dict]] = {}
-    for attr, value in vars(module).items():
-        groups = as_groups(value)
-        if (
-            attr.isupper()
-            and groups
-            and all(isinstance(g, dict) and "subexperiments" in g for g in groups)
-        ):
-            found[attr] = groups
-            if len(groups) == 1:
-                found.setdefault(groups[0].get("name"), groups)
-    return found
-
-
-def select(module, experiments: str | None, labels: str | None) -> list[dict]:
-    """The groups to run: ``EXPERIMENTS``, or the named ones, cut to ``labels``."""
-    if experiments:
-        available = named_groups(module)
-        groups = []
-        for name in experiments.split(","):
-            if name not in available:
-                close = difflib.get_close_matches(name, available, n=3)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ConfigError(
-                    f"--experiments: no group named {name!r}{hint}; "
-                    f"available: {', '.join(sorted(available))}"
-                )
-            groups += available[name]
-    else:
-        if not hasattr(module, "EXPERIMENTS"):
-            raise ConfigError(
-                "the definitions define no EXPERIMENTS; set it or pass --experiments NAME"
-            )
-        groups = as_groups(module.EXPERIMENTS)
-    for group in groups:
-        _teach(definitions.check_structure, group)
-    if labels:
-        groups = _teach(definitions.subset_experiments, groups, set(labels.split(",")))
-    _teach(definitions.check_unique_labels, groups)
-    return groups
-
-
-def _teach(fn, *args):
-    """Run a definitions check; its ValueError becomes the one-line ConfigError."""
-    try:
-        return fn(*args)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
 
 
 # --- resolution -----------------------------------------------------------------------

@@ -207,19 +207,19 @@ def test_a_second_sweep_skips_completed_runs_and_refuses_changed_ones(project, c
 
 
 def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(project, capsys, tmp_path):
-    # An empty text file passes the pre-check (it exists) and fails when the run loads it.
-    (tmp_path / "empty.txt").write_text("")
+    # A file that is not UTF-8 passes the pre-check (it is there) and fails when it loads.
+    (tmp_path / "latin.txt").write_bytes(b"\xff\xfe\xfa" * 100)
     project.defs(
         group(
             "g",
-            ("boom", {"data.source": "text", "data.path": str(tmp_path / "empty.txt")}),
+            ("boom", {"data.source": "text", "data.path": str(tmp_path / "latin.txt")}),
             ("nan", {"init_std": 1e38}),
             ("fine", {}),
         )
     )
     assert main(project.args()) == 1  # a failed run makes the sweep exit non-zero
     boom, nan, fine = (project.result("g", x) for x in ("boom", "nan", "fine"))
-    assert boom["status"] == "failed" and "is empty" in boom["error"]
+    assert boom["status"] == "failed" and "is not UTF-8 text" in boom["error"]
     assert "Traceback" in (project.runs / "g" / "boom" / "traceback.txt").read_text()
     assert nan["status"] == "diverged" and nan["diverged_at_step"] == 0
     assert fine["status"] == "completed"
