@@ -55,7 +55,7 @@ def run_one(run: Run, threads: int | None = None, wait: bool = True) -> Outcome:
     """Execute a run on ``threads`` torch threads (None: as they are) under its lock,
     waiting for it unless ``wait`` is False. Under DDP (one run over several processes)
     every rank trains it and no lock is taken: the ranks must agree without one."""
-    if world_size(run) > 1:
+    if runs.world_size(run.config) > 1:
         return attempt(run, threads)
     try:
         guard = runs.lock(run.dir)
@@ -76,12 +76,6 @@ def run_one(run: Run, threads: int | None = None, wait: bool = True) -> Outcome:
         return attempt(run, threads)
     finally:
         guard.release()
-
-
-def world_size(run: Run) -> int:
-    trainer = run.config["trainer"]
-    devices = trainer["devices"] if isinstance(trainer["devices"], int) else 1
-    return devices * (trainer["num_nodes"] or 1)
 
 
 def attempt(run: Run, threads: int | None) -> Outcome:
@@ -108,7 +102,7 @@ def record(run: Run, result: dict) -> dict:
     if is_writer():
         try:
             results.write(run.dir, result)
-        except OSError as err:
+        except (OSError, results.ResultError) as err:  # the folder, or a value out of schema
             result = {**result, "error": result["error"] or f"result.json not written: {err}"}
     return result
 
@@ -275,7 +269,7 @@ class Stopping:
         self.signum = signum
         # Under fit our handler is one of Lightning's (it chains what it found): leave
         # SIGTERM to it, which stops between two steps with its checkpoints whole.
-        if signum == signal.SIGINT or signal.getsignal(signal.SIGTERM) is self.on_signal:
+        if signum == signal.SIGINT or signal.getsignal(signal.SIGTERM) == self.on_signal:
             raise KeyboardInterrupt
 
     def end(self, run: Run) -> None:

@@ -34,14 +34,13 @@ from typing import Any
 import torch
 import yaml
 from filelock import FileLock
-from lightning.fabric.utilities.data import AttributeDict
 
 from lstm_lightning import results
 from lstm_lightning.corpus import check_source
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.fused import resolve_steps_per_batch
-from lstm_lightning.module import LanguageModel, validate_hparams
+from lstm_lightning.module import LanguageModel
 
 # Flat override keys that are not a model or data argument of the same name.
 ALIAS_EXTRA = {
@@ -174,13 +173,12 @@ def resolve(run: Run, parser, base: dict, runs_dir: Path, extra: dict | None = N
 
 
 def check_values(config, where: str) -> None:
-    """The checks the classes make at construction, without building a model, and what
-    would otherwise fail only once the run starts: a missing data file, a
-    ``data.steps_per_batch`` that does not divide the step counts."""
-    model = AttributeDict(config["model"].as_dict())
-    model["vocab_size"] = 1  # linked from the data at instantiation
+    """What the parser's types do not check (the data's cross-argument rules, which its
+    construction checks without loading anything) and what would otherwise fail only
+    once the run starts: a missing data file, a ``data.steps_per_batch`` that does not
+    divide the step counts. The model's ranges are types on its arguments: the parser
+    checked them."""
     try:
-        validate_hparams(model)
         SequenceDataModule(**config["data"].as_dict())  # checks arguments, loads nothing
         data = config["data"]
         check_source(data["source"], data["path"], data["token_dtype"])
@@ -195,10 +193,7 @@ def check_steps_per_batch(config) -> None:
     requested = config["data.steps_per_batch"]
     if requested == "auto":
         return
-    trainer = config["trainer"]
-    world = (trainer["devices"] if isinstance(trainer["devices"], int) else 1) * (
-        trainer["num_nodes"] or 1
-    )
+    trainer, world = config["trainer"], world_size(config)
     only_one = f"one process (under DDP, {world})" if world > 1 else None
     if trainer["max_steps"] in (None, -1) or trainer["max_epochs"] not in (None, -1):
         only_one = "trainer.max_steps and no trainer.max_epochs (the schedule counts steps)"
@@ -212,20 +207,28 @@ def check_steps_per_batch(config) -> None:
     resolve_steps_per_batch(requested, counts if only_one is None else {}, only_one)
 
 
+def world_size(config) -> int:
+    """The processes one run trains on: devices x nodes (DDP when above 1)."""
+    devices = config["trainer.devices"]
+    return (devices if isinstance(devices, int) else 1) * (config["trainer.num_nodes"] or 1)
+
+
 # --- the config hash --------------------------------------------------------------------
 
 
-def comparable(text: str) -> dict:
-    """A resolved config as a dict without its ``LOCATION_KEYS``."""
-    tree = yaml.safe_load(text) or {}
-    for path in LOCATION_KEYS:
-        *parents, leaf = path.split(".")
-        node = tree
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return tree
+def comparable(text: str) -> dict[str, Any]:
+    """A resolved config as flat ``{dotted.key: value}``, without its ``LOCATION_KEYS``."""
+    flat = flatten(yaml.safe_load(text) or {})
+    return {key: value for key, value in flat.items() if key not in LOCATION_KEYS}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        nested = isinstance(value, dict) and value
+        flat.update(flatten(value, f"{path}.") if nested else {path: value})
+    return flat
 
 
 def config_hash(text: str) -> str:
@@ -257,19 +260,10 @@ def changes(old: str | None, new: str) -> str:
     """' (key old -> new, ...)': up to three keys that differ, or '' when unknown."""
     if old is None:
         return ""
-    flat_old, flat_new = flatten(comparable(old)), flatten(comparable(new))
-    keys = [k for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
-    said = [f"{k} {flat_old.get(k)} -> {flat_new.get(k)}" for k in keys[:3]]
+    before, after = comparable(old), comparable(new)
+    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    said = [f"{k} {before.get(k)} -> {after.get(k)}" for k in keys[:3]]
     return f" ({', '.join(said)}{', ...' if len(keys) > 3 else ''})" if said else ""
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}{key}."[: None if isinstance(value, dict) else -1]))
-    return flat
 
 
 # --- the run's folder: skip, resume, refuse ----------------------------------------------

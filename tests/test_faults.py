@@ -18,6 +18,7 @@ import pytest
 import torch
 from filelock import FileLock, Timeout
 
+from lstm_lightning import execute
 from lstm_lightning import runs as folders
 from lstm_lightning.cli import main
 from tests.conftest import ROOT, group, run_cli, start_cli
@@ -351,3 +352,16 @@ def test_workers_1_stops_on_a_signal_with_one_line_and_resumes(project, how, sta
     result = project.result("g", "a")
     assert result["status"] == "completed" and result["steps"] == 400
     assert result["resumed_from_step"] and result["resumed_from_step"] > 0
+
+
+def test_sigterm_between_runs_stops_at_once_with_exit_143(project, capsys):
+    run = folders.Run("g", "a", {})
+    with pytest.raises(SystemExit) as stopped, execute.Stopping() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # no fit running: the handler raises
+            time.sleep(5)
+        except KeyboardInterrupt:
+            stop.end(run)
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.startswith("[sweep] stopped by SIGTERM during g/a")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
