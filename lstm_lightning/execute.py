@@ -338,8 +338,10 @@ class Progress:
     def finished(self, run: Run, outcome: Outcome) -> None:
         self.done += run.cost
         self.left -= run.cost
-        if outcome.how in ("elsewhere", "held"):
+        if outcome.how == "elsewhere":
             say(f"[sweep] {run.name}: another sweep ran it: {outcome.note}")
+        elif outcome.how == "held":
+            say(f"[sweep] {run.name}: left as it is: {outcome.note}")
 
 
 def format_seconds(seconds: float) -> str:

@@ -328,7 +328,8 @@ def main(
     mine = [r for r in runs if r.shard == job]
     say(summary_table(outcomes, mine, chosen.runs_dir))
     failed = any(o.how == "ran" and o.result["status"] == "failed" for o in outcomes)
-    return 1 if failed or any(r.action == "hold" for r in mine) else 0
+    held = any(o.how == "held" for o in outcomes) or any(r.action == "hold" for r in mine)
+    return 1 if failed or held else 0
 
 
 def _declare_main() -> None:
