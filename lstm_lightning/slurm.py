@@ -355,7 +355,7 @@ def write_script(o: dict[str, Any]) -> Path:
     text = sbatch_script(o)  # refuses values that break an #SBATCH line
     check_workdir(o["workdir"])
     selection = sweep.Selection(**{option.name: o[option.name] for option in SELECTION})
-    runs, _, _ = sweep.prepare(selection, job_id=0, total_jobs=o["total_jobs"])
+    runs, _, _ = sweep.prepare(selection, sweep.Placement(job_id=0, total_jobs=o["total_jobs"]))
     check_runs(runs, o)
     if o["total_jobs"] > len(runs):
         print(f"note: {o['total_jobs']} tasks for {len(runs)} runs; some idle", file=sys.stderr)

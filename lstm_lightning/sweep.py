@@ -69,6 +69,24 @@ class Selection:
     retry_failed: bool = False
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which shard of the runs this process takes, and where each run trains.
+
+    Args:
+        job_id: This shard (0-based); default: from SLURM_ARRAY_TASK_ID, else 0.
+        total_jobs: Number of shards; default: from SLURM_ARRAY_TASK_COUNT, else 1.
+        devices: Devices (processes) per node for every run; DDP when devices x
+            num_nodes > 1, which needs srun (cli.py slurm writes the script).
+        num_nodes: Nodes for every run.
+    """
+
+    job_id: int | None = None
+    total_jobs: int | None = None
+    devices: int | None = None
+    num_nodes: int | None = None
+
+
 # --- resolution -----------------------------------------------------------------------
 
 
@@ -144,7 +162,7 @@ def choose_shard(job_id: int | None, total_jobs: int | None, env=os.environ) -> 
     return job_id, total_jobs
 
 
-def placement(devices: int | None, num_nodes: int | None) -> dict:
+def trainer_placement(devices: int | None, num_nodes: int | None) -> dict:
     """Trainer keys every run gets from ``--devices``/``--num_nodes``: DDP when the product
     is above 1, with SLURMEnvironment deciding ranks (so the sweep must run under srun)."""
     extra = {}
@@ -166,26 +184,19 @@ def placement(devices: int | None, num_nodes: int | None) -> dict:
 # --- the command -------------------------------------------------------------------------
 
 
-def prepare(
-    selection: Selection,
-    *,
-    job_id: int | None = None,
-    total_jobs: int | None = None,
-    devices: int | None = None,
-    num_nodes: int | None = None,
-) -> tuple[list[Run], int, int]:
+def prepare(selection: Selection, placement: Placement = Placement()) -> tuple[list[Run], int, int]:
     """Select, expand, validate and shard every run; decide each one's action. Writes
     nothing; raises ConfigError on the first problem."""
     s = selection
     groups = select(load_definitions(s.definitions), s.experiments, s.labels)
     base, runs_dir = base_config(s.config), check_runs_dir(s.runs_dir)
-    job, total = choose_shard(job_id, total_jobs)
+    job, total = choose_shard(placement.job_id, placement.total_jobs)
     runs = [
         Run(g["name"], sub["label"], sub["overrides"], force=s.force, retry_failed=s.retry_failed)
         for g in groups
         for sub in g["subexperiments"]
     ]
-    resolve_all(runs, base, runs_dir, placement(devices, num_nodes))
+    resolve_all(runs, base, runs_dir, trainer_placement(placement.devices, placement.num_nodes))
     for run, shard in zip(runs, assign_shards([r.cost for r in runs], total)):
         run.shard = shard
         folders.plan(run)
@@ -293,34 +304,20 @@ def summary_table(outcomes: list[Outcome], runs: list[Run], runs_dir: str) -> st
     return "\n".join(lines)
 
 
-def main(
-    *,
-    job_id: int | None = None,
-    total_jobs: int | None = None,
-    dry_run: bool = False,
-    devices: int | None = None,
-    num_nodes: int | None = None,
-    workers: str = "auto",
-    **selection: Any,
-) -> int:
+def main(*, dry_run: bool = False, workers: str = "auto", **options: Any) -> int:
     """Run experiment groups as a sweep: one folder, one config and one result per run.
 
     Args:
-        job_id: This shard (0-based); default: from SLURM_ARRAY_TASK_ID, else 0.
-        total_jobs: Number of shards; default: from SLURM_ARRAY_TASK_COUNT, else 1.
         dry_run: Print every run (shard, action, group/label, overrides) and exit.
-        devices: Devices (processes) per node for every run; DDP when devices x
-            num_nodes > 1, which needs srun (cli.py slurm writes the script).
-        num_nodes: Nodes for every run.
         workers: Runs at once on this machine, each in its own process: a number, or auto
             (one per core, at most the runs to do; 1 for GPU runs, under SLURM, or for a
             sweep too short to pay for starting workers). A run takes one core, a wide
             one more (its torch threads); 1 runs them in this process.
     """
     requested = pool.parse_workers(workers)
-    chosen = Selection(**selection)
-    where = dict(job_id=job_id, total_jobs=total_jobs, devices=devices, num_nodes=num_nodes)
-    runs, job, total = prepare(chosen, **where)
+    chosen = Selection(**{f.name: options[f.name] for f in fields(Selection) if f.name in options})
+    where = Placement(**{f.name: options[f.name] for f in fields(Placement) if f.name in options})
+    runs, job, total = prepare(chosen, where)
     if dry_run:
         print(dry_run_table(runs, job, total))
         return 0
@@ -333,33 +330,26 @@ def main(
 
 
 def _declare_main() -> None:
-    """``main``'s flags: the ``Selection`` fields, then its own (one declaration each;
-    ``cli.py sweep`` and ``cli.py slurm`` read them from the signature and docstring)."""
-    own = inspect.signature(main).parameters
-    types = typing.get_type_hints(Selection)
-    params = [
-        inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=types[f.name]
-        )
-        for f in fields(Selection)
-    ]
+    """``main``'s flags: the fields of ``Selection`` and ``Placement``, then its own, each
+    declared once (``cli.py sweep`` and ``cli.py slurm`` read the signature and docstring)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params, docs = [], []
+    for declared in (Selection, Placement):
+        types = typing.get_type_hints(declared)
+        params += [
+            inspect.Parameter(f.name, keyword, default=f.default, annotation=types[f.name])
+            for f in fields(declared)
+        ]
+        docs += docstring_parser.parse(declared.__doc__).params
     hints = typing.get_type_hints(main)
-    params += [
-        p.replace(annotation=hints[p.name])
-        for p in own.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    docs = (
-        docstring_parser.parse(Selection.__doc__).params
-        + docstring_parser.parse(main.__doc__).params
-    )
+    own = inspect.signature(main).parameters.values()
+    params += [p.replace(annotation=hints[p.name]) for p in own if p.kind is keyword]
+    docs += docstring_parser.parse(main.__doc__).params
     text = {d.arg_name: " ".join(d.description.split()) for d in docs}
     main.__signature__ = inspect.Signature(params, return_annotation=int)
-    main.__doc__ = (
-        main.__doc__.split("\n")[0]
-        + "\n\nArgs:\n"
-        + "".join(f"    {p.name}: {text[p.name]}\n" for p in params)
-    )
+    summary = main.__doc__.split("\n")[0]
+    lines = "".join(f"    {p.name}: {text[p.name]}\n" for p in params)
+    main.__doc__ = f"{summary}\n\nArgs:\n{lines}"
 
 
 _declare_main()

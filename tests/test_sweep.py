@@ -155,7 +155,7 @@ def test_flags_win_over_slurm_and_more_shards_than_runs_is_fine(project):
     assert sweep.choose_shard(None, None, env) == (1, 2)
     assert sweep.choose_shard(0, 5, env) == (0, 5)
     assert sweep.choose_shard(None, 2, env) == (1, 2)  # --total_jobs alone: task from SLURM
-    runs, job, total = sweep.prepare(project.selection(), job_id=4, total_jobs=5)
+    runs, job, total = sweep.prepare(project.selection(), sweep.Placement(job_id=4, total_jobs=5))
     assert [r for r in runs if r.shard == 4] == []  # an empty shard, no error
 
 
