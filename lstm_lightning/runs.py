@@ -1,24 +1,17 @@
 """A sweep's runs: their override keys, resolved configs, config hashes and folders.
 
 A run is one sub-experiment: the base config with its overrides, parsed by the parser of
-``cli.py fit`` (the caller passes it in) and written to
-``<runs_dir>/<group>/<label>/config.yaml``. Its folder also holds ``result.json``
-(``results``), ``last.ckpt`` and the TensorBoard events. ``plan`` reads the folder and
-decides what the sweep does with the run:
+``cli.py fit`` (passed in) and written to ``<runs_dir>/<group>/<label>/config.yaml``,
+beside ``result.json`` (``results``), ``last.ckpt`` and the TensorBoard events. ``plan``
+reads the folder and sets the run's action: ``run`` (from the start), ``resume`` (from
+its newest checkpoint), ``skip`` (its result stands), ``refuse`` (its config changed;
+``--force`` reruns it), ``fail`` (a checkpoint is unreadable: the run is recorded failed
+with that line) or ``hold`` (its result.json is unreadable: left as it is and named).
 
-- ``run``: train from the start; ``resume``: from its newest checkpoint;
-- ``skip``: its result stands (completed, or failed/diverged without ``--retry_failed``);
-- ``refuse``: its config changed since it ran (``--force`` reruns it);
-- ``fail``: a checkpoint in its folder is unreadable (truncated, or not a checkpoint at
-  all): the run is recorded failed with that one line and never loaded further;
-- ``hold``: its ``result.json`` is unreadable: left as it is and named (``--force``
-  reruns it).
-
-``config_hash`` covers what determines a run's result, not where its folder is: the
-paths that follow ``runs_dir`` are left out, so a moved or copied runs folder, or the
-same folder given as a relative then an absolute path, still matches. A per-run lock
-(``lock``, an fcntl lock the OS releases when its holder dies) makes each run train once
-whoever starts it: two sweeps, or SLURM array tasks, on one runs folder.
+``config_hash`` covers what determines a run's result, not where its folder is, so a
+moved or copied runs folder, or one named relative then absolute, still matches. A
+per-run fcntl lock (``lock``), which the OS releases when its holder dies, makes each
+run train once whoever starts it: two sweeps, or SLURM array tasks, on one folder.
 """
 
 from __future__ import annotations
@@ -312,6 +305,7 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
 
 
 def read_text(path: Path) -> str | None:
+    """The file's text, None when it does not exist."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -394,6 +394,7 @@ main.__signature__ = inspect.Signature(
     return_annotation=int,
 )
 main.__doc__ = (
-    "Write an sbatch script that runs a sweep as a SLURM job array; --submit submits it.\n\n"
+    "Write <runs_dir>/slurm/<selection>_<N>jobs.sbatch (task logs beside it), which runs a "
+    "sweep as a SLURM job array; --submit submits it.\n\n"
     "Args:\n" + "".join(f"    {o.name}: {o.help}\n" for o in OPTIONS)
 )
