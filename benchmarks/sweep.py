@@ -31,9 +31,10 @@ import lightning as L
 import torch
 from throughput import cpu_model, record  # benchmarks/: this script's own folder
 
-from lstm_lightning import sweep
+from lstm_lightning import results, sweep
 from lstm_lightning import workers as pool
-from lstm_lightning.files import read_json, write_atomic
+from lstm_lightning.files import write_atomic
+from lstm_lightning.runs import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 2.5  # a / c: the automatic sweep at least this much faster than the shell loop
@@ -70,11 +71,16 @@ def selection(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def planned(args: argparse.Namespace, runs_dir: Path) -> list[sweep.Run]:
+def planned(args: argparse.Namespace, runs_dir: Path) -> list[Run]:
     """The runs of the selection, resolved as the sweep resolves them into ``runs_dir``."""
-    runs, _, _ = sweep.prepare(
-        args.experiments, args.labels, args.definitions, args.config, str(runs_dir)
+    chosen = sweep.Selection(
+        experiments=args.experiments,
+        labels=args.labels,
+        definitions=args.definitions,
+        config=args.config,
+        runs_dir=str(runs_dir),
     )
+    runs, _, _ = sweep.prepare(chosen)
     return runs
 
 
@@ -142,9 +148,9 @@ def same_work(args: argparse.Namespace, dirs: dict[str, Path]) -> list[str]:
         return []
     problems = []
     for run in planned(args, reference):
-        ref = read_json(run.dir / "result.json")["metrics"]
+        ref = results.read(run.dir / results.FILE)["metrics"]
         if "c" in dirs and "b" in dirs:
-            other = read_json(dirs["c"] / run.group / run.label / "result.json")["metrics"]
+            other = results.read(dirs["c"] / run.group / run.label / results.FILE)["metrics"]
             if other != ref:
                 problems.append(f"{run.name}: b {ref} != c {other}")
         if "a" in dirs:

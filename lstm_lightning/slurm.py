@@ -50,7 +50,7 @@ command) from ``--workdir`` (default: this checkout). Add ``--setup "source
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import hashlib
 import inspect
 import os
@@ -62,8 +62,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docstring_parser
+
 from lstm_lightning import sweep
-from lstm_lightning.errors import ConfigError
+from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.experiments import SAFE_CHARS, SAFE_NAME
 from lstm_lightning.files import write_atomic
 
@@ -82,24 +84,20 @@ class Option:
     minimum: int | None = None  # ints only
 
 
+def _selection() -> tuple[Option, ...]:
+    """The sweep's selection flags, passed on to ``cli.py sweep`` in the job (paths made
+    absolute): declared once, by ``sweep.Selection``, read from ``sweep.main``'s signature
+    and docstring."""
+    params = inspect.signature(sweep.main).parameters
+    docs = {d.arg_name: d.description for d in docstring_parser.parse(sweep.main.__doc__).params}
+    return tuple(
+        Option(f.name, params[f.name].annotation, params[f.name].default, docs[f.name])
+        for f in dataclasses.fields(sweep.Selection)
+    )
+
+
+SELECTION = _selection()
 # fmt: off
-# Passed on to `cli.py sweep` in the job (paths made absolute).
-SELECTION = (
-    Option("experiments", str | None, None,
-           "Groups to run, by name (comma-separated); default: EXPERIMENTS."),
-    Option("labels", str | None, None,
-           "Only these sub-experiment labels (comma-separated)."),
-    Option("definitions", str | None, None,
-           "A Python file defining the groups; default: lstm_lightning/experiments.py."),
-    Option("config", str | None, None,
-           "The base config every run starts from; default: configs/sweep.yaml."),
-    Option("runs_dir", str, "runs",
-           "Where runs go; the script and the task logs go to <runs_dir>/slurm/."),
-    Option("force", bool, False,
-           "Pass --force: rerun completed runs whose config changed."),
-    Option("retry_failed", bool, False,
-           "Pass --retry_failed: rerun failed and diverged runs."),
-)
 # The job: its #SBATCH lines and the shell lines around srun.
 JOB = (
     Option("total_jobs", int, REQUIRED, minimum=1,
@@ -166,8 +164,7 @@ def resolve_options(given: dict[str, Any]) -> dict[str, Any]:
     """
     unknown = sorted(set(given) - set(VALID))
     if unknown:
-        near = difflib.get_close_matches(unknown[0], VALID, n=3)
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        hint = did_you_mean(unknown[0], VALID)
         raise ConfigError(f"unknown option {unknown[0]!r}{hint}; valid: {', '.join(VALID)}")
     options = {o.name: given.get(o.name, o.default) for o in OPTIONS}
     for option in OPTIONS:
@@ -316,6 +313,10 @@ def script_path(o: dict[str, Any]) -> Path:
 
 def check_runs(runs: list[sweep.Run], o: dict[str, Any]) -> None:
     """What would otherwise fail only on the cluster, after waiting in the queue."""
+    stuck = [r for r in runs if r.action in ("refuse", "hold")]
+    if stuck:
+        more = f" (and {len(stuck) - 1} more run(s))" if len(stuck) > 1 else ""
+        raise ConfigError(f"{stuck[0].name}: {stuck[0].note}{more}")
     world = o["devices_per_node"] * o["nodes"]
     for run in runs:
         batch, accelerator = run.config["data.batch_size"], run.config["trainer.accelerator"]
@@ -353,17 +354,8 @@ def write_script(o: dict[str, Any]) -> Path:
     """Validate the selection and the job, then write the script; nothing on an error."""
     text = sbatch_script(o)  # refuses values that break an #SBATCH line
     check_workdir(o["workdir"])
-    runs, _, _ = sweep.prepare(
-        experiments=o["experiments"],
-        labels=o["labels"],
-        definitions_path=o["definitions"],
-        config=o["config"],
-        runs_dir=o["runs_dir"],
-        job_id=0,
-        total_jobs=o["total_jobs"],
-        force=o["force"],
-        retry_failed=o["retry_failed"],
-    )
+    selection = sweep.Selection(**{option.name: o[option.name] for option in SELECTION})
+    runs, _, _ = sweep.prepare(selection, sweep.Placement(job_id=0, total_jobs=o["total_jobs"]))
     check_runs(runs, o)
     if o["total_jobs"] > len(runs):
         print(f"note: {o['total_jobs']} tasks for {len(runs)} runs; some idle", file=sys.stderr)
@@ -402,6 +394,7 @@ main.__signature__ = inspect.Signature(
     return_annotation=int,
 )
 main.__doc__ = (
-    "Write an sbatch script that runs a sweep as a SLURM job array; --submit submits it.\n\n"
+    "Write <runs_dir>/slurm/<selection>_<N>jobs.sbatch (task logs beside it), which runs a "
+    "sweep as a SLURM job array; --submit submits it.\n\n"
     "Args:\n" + "".join(f"    {o.name}: {o.help}\n" for o in OPTIONS)
 )

@@ -35,7 +35,7 @@ from optuna.distributions import (
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.module import LanguageModel
-from lstm_lightning.sweep import ALIASES  # the merge repoints this: lstm_lightning.runs
+from lstm_lightning.runs import ALIASES
 
 # What a transfer space refuses, and why (TP5: regularization does not transfer).
 REGULARIZATION = ("model.dropout", "model.weight_decay")

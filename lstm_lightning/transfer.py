@@ -3,13 +3,12 @@
 Pure functions of the run results (``result.json`` records, as ``results.read`` returns
 them): no files, no figures. ``report`` writes what they compute; ``plots`` draws it.
 
-The best learning rate (``best_lr_table``). For each (parametrization, optimizer,
-width, seed) the best lr is the one whose completed run has the lowest final
-``val/loss`` (on a tie, the smaller lr). A diverged run counts as loss +inf, so it is
-never best; a failed run has no loss and takes no part (``run_loss``). Over seeds the table gives the mean and the population std (ddof=0) of
-log2(best lr): best lrs 2^-3 and 2^-5 give -4 ± 1. It also gives the lr 2^mean and the
-best loss's mean ± std. muP's claim (Tensor Programs V) is that log2(best lr) stays put
-as width grows; under SP it drifts, usually towards smaller lrs for wider models.
+The best learning rate (``best_lr_table``). For each (parametrization, optimizer, width,
+seed) the best lr is the one whose completed run has the lowest final ``val/loss`` (on a
+tie, the smaller lr). A diverged run counts as loss +inf, so it is never best; a failed
+run has no loss and takes no part (``run_loss``). Over seeds the table gives the mean and
+the population std (ddof=0) of log2(best lr) (2^-3 and 2^-5 give -4 ± 1), the lr 2^mean
+and the best loss's mean ± std. muP's claim (TP5): log2(best lr) stays put as width grows.
 
 Learning-rate transfer (``transfer_metrics``). The grid argmin moves in whole octaves, so
 per seed the best log2 lr is refined (``fitted_optimum``): the vertex of the parabola

@@ -2,7 +2,7 @@
 
 Importing torch and Lightning takes seconds, so each of the K workers is started once and
 then trains one run after another through the sequential sweep's own in-process path
-(``sweep.run_one``), receiving its runs over its own pipe. Workers are started with
+(``execute.run_one``), receiving its runs over its own pipe. Workers are started with
 "spawn": a forked copy of a process whose OpenMP thread pool exists can deadlock. They
 share nothing but the runs folder, where every write is atomic.
 
@@ -42,7 +42,7 @@ from lstm_lightning.errors import ConfigError
 # 512 a time step's recurrent matmul, (32 x 512) @ (512 x 2048), is 67 MFLOP, which two
 # threads split with little overhead; at width 128 it is 4 MFLOP.
 WORK_PER_EXTRA_THREAD = 32 * 64 * 512**2
-# A run's estimated cost (steps x tokens x (layers x H^2 + 4096), see sweep.resolve)
+# A run's estimated cost (steps x tokens x (layers x H^2 + 4096), see runs.resolve)
 # runs at about 1e9 a second on one core, at width 16 as at 512 (benchmarks/README.md,
 # Lightning side: 245k tokens/s x (16^2 + 4096), 3,985 tokens/s x (512^2 + 4096)).
 COST_PER_SECOND = 1e9

@@ -333,7 +333,7 @@ def test_a_planted_checkpoint_is_refused_and_not_executed(tiny, tmp_path, capsys
     for command in ("fit", "validate"):
         assert main([command, *tiny(), "--ckpt_path", str(planted)]) == EXIT_CONFIG_ERROR
         err = capsys.readouterr().err
-        assert f"error: --ckpt_path: {planted} is not a readable checkpoint" in err
+        assert f"error: --ckpt_path: {planted} holds a Python object" in err
     assert not marker.exists()
 
 

@@ -9,76 +9,20 @@ Without a usable cluster the tests skip, except under CI=true, where they fail.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import SLURM_SCRIPT, queued, slurm_exports, slurm_run, wait_until
+
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).parent.parent
-SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
-# A cold start installs packages with apt-get; a warm one takes about a second.
-START_TIMEOUT_S = 900
 JOB_TIMEOUT_S = 60
 # A requeued job may only start again after the credential lifetime (cred_expire=10
 # in the generated slurm.conf) plus KillWait.
 REQUEUE_TIMEOUT_S = 90
-
-
-def _run(args, env, timeout=60, check=True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(a) for a in args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=check,
-    )
-
-
-def _start_cluster(env) -> tuple[subprocess.CompletedProcess | None, str]:
-    """Run `start`; return the process and, when it did not work, why."""
-    if sys.platform != "linux":
-        return None, "the SLURM cluster script needs Linux"
-    try:
-        proc = _run([SCRIPT, "start"], env, timeout=START_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"slurm_cluster.sh start did not run: {exc}"
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        # The script's own one-line diagnosis, else the end of whatever it printed.
-        errors = [line for line in lines if line.startswith("slurm_cluster: ERROR")]
-        why = " | ".join(errors or lines[-3:])
-        return proc, f"slurm_cluster.sh start failed (exit {proc.returncode}): {why}"
-    return proc, ""
-
-
-def _exports(stdout: str) -> dict[str, str]:
-    return dict(re.findall(r"^export (\w+)=(\S+)$", stdout, flags=re.MULTILINE))
-
-
-@pytest.fixture(scope="module")
-def slurm_env():
-    """Environment whose SLURM_CONF points at the running private cluster."""
-    env = os.environ.copy()
-    env.pop("SLURM_CONF", None)
-    was_up = SCRIPT.exists() and _run([SCRIPT, "status"], env, check=False).returncode == 0
-    proc, why = _start_cluster(env)
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    exports = _exports(proc.stdout)
-    assert "SLURM_CONF" in exports, f"start printed no export line: {proc.stdout!r}"
-    env.update(exports)
-    yield env
-    # Leave a cluster someone else started running; stop the one started here.
-    if not was_up:
-        _run([SCRIPT, "stop"], env, check=False)
 
 
 @pytest.fixture
@@ -87,30 +31,15 @@ def submit(slurm_env):
     jobs: list[str] = []
 
     def _submit(*args: str) -> str:
-        out = _run(["sbatch", "--parsable", *args], slurm_env).stdout.strip()
+        out = slurm_run(["sbatch", "--parsable", *args], slurm_env).stdout.strip()
         job = out.split(";")[0]
         jobs.append(job)
         return job
 
     yield _submit
     if jobs:
-        _run(["scancel", *jobs], slurm_env, check=False)
-        _wait_until(lambda: not _queued(slurm_env, jobs), 30, "cancelled jobs to leave the queue")
-
-
-def _wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _queued(env, jobs: list[str]) -> str:
-    return _run(
-        ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T"], env, check=False
-    ).stdout.strip()
+        slurm_run(["scancel", *jobs], slurm_env, check=False)
+        wait_until(lambda: not queued(slurm_env, jobs), 30, "cancelled jobs to leave the queue")
 
 
 def _lines(path: Path) -> list[str]:
@@ -123,7 +52,7 @@ def _pid(env, daemon: str) -> str:
 
 
 def test_node_is_idle_with_all_cpus(slurm_env):
-    out = _run(["sinfo", "-h", "-N", "-o", "%N %T %c %P"], slurm_env).stdout.split()
+    out = slurm_run(["sinfo", "-h", "-N", "-o", "%N %T %c %P"], slurm_env).stdout.split()
     nproc = str(len(os.sched_getaffinity(0)))  # nproc, without OMP_NUM_THREADS capping it
     assert out[1] == "idle", out
     assert out[2] == nproc, out
@@ -137,7 +66,7 @@ def test_throttled_array_runs_each_task_once(slurm_env, submit, tmp_path):
     )
     job = submit("--array=0-3%2", "-o", f"{tmp_path}/task-%a.out", "--wrap", script)
     files = [tmp_path / f"task-{i}.out" for i in range(4)]
-    _wait_until(lambda: all(len(_lines(f)) == 5 for f in files), JOB_TIMEOUT_S, f"array {job}")
+    wait_until(lambda: all(len(_lines(f)) == 5 for f in files), JOB_TIMEOUT_S, f"array {job}")
 
     rows = [_lines(f) for f in files]
     assert sorted(int(r[1]) for r in rows) == [0, 1, 2, 3]
@@ -156,7 +85,7 @@ def test_srun_two_tasks_get_ranks_0_and_1(slurm_env, submit, tmp_path):
         "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "-o", "/dev/null", "--wrap", script
     )
     files = [tmp_path / f"rank-{i}.out" for i in range(2)]
-    _wait_until(lambda: all(len(_lines(f)) == 2 for f in files), JOB_TIMEOUT_S, f"job {job}")
+    wait_until(lambda: all(len(_lines(f)) == 2 for f in files), JOB_TIMEOUT_S, f"job {job}")
     assert [_lines(f) for f in files] == [["0", "2"], ["1", "2"]]
 
 
@@ -206,14 +135,14 @@ def test_usr1_requeue_reruns_the_job(slurm_env, submit, tmp_path):
             command,
         )
     logs = {name: tmp_path / f"{name}.log" for name in cases}
-    _wait_until(
+    wait_until(
         lambda: all("start0" in _lines(p) for p in logs.values()),
         JOB_TIMEOUT_S,
         "both jobs to start",
     )
     for name, (_, flags) in cases.items():
-        _run(["scancel", "--signal=USR1", *flags, jobs[name]], slurm_env)
-    _wait_until(
+        slurm_run(["scancel", "--signal=USR1", *flags, jobs[name]], slurm_env)
+    wait_until(
         lambda: all("start1" in _lines(p) for p in logs.values()),
         REQUEUE_TIMEOUT_S,
         "both jobs to run again with SLURM_RESTART_COUNT=1",
@@ -225,12 +154,12 @@ def test_usr1_requeue_reruns_the_job(slurm_env, submit, tmp_path):
 
 def test_start_twice_is_idempotent(slurm_env):
     pids = {d: _pid(slurm_env, d) for d in ("munged", "slurmctld", "slurmd")}
-    again = _run([SCRIPT, "start"], slurm_env, timeout=60)
-    assert _exports(again.stdout) == {"SLURM_CONF": slurm_env["SLURM_CONF"]}
+    again = slurm_run([SLURM_SCRIPT, "start"], slurm_env, timeout=60)
+    assert slurm_exports(again.stdout) == {"SLURM_CONF": slurm_env["SLURM_CONF"]}
     assert "already running" in again.stderr
     assert {d: _pid(slurm_env, d) for d in pids} == pids
-    assert _run([SCRIPT, "status"], slurm_env).stdout.startswith("up")
+    assert slurm_run([SLURM_SCRIPT, "status"], slurm_env).stdout.startswith("up")
     assert (
-        _run([SCRIPT, "env"], slurm_env).stdout.strip()
+        slurm_run([SLURM_SCRIPT, "env"], slurm_env).stdout.strip()
         == f"export SLURM_CONF={slurm_env['SLURM_CONF']}"
     )

@@ -5,7 +5,7 @@ Every job is a real sbatch array written by the project; completion is read from
 runs are tiny (width 16, an 8-state synthetic language) so that python's start-up, not
 training, dominates; the requeue test also waits out SLURM's requeue delay (~10-20 s).
 Without a usable cluster the tests skip, except under CI=true, where they fail (the
-``slurm_env`` fixture of tests/test_slurm_cluster.py).
+``slurm_env`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -26,13 +26,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lstm_lightning.sweep import set_path
-from tests import test_slurm_cluster as cluster
-from tests.test_slurm_cluster import _queued, _run, _wait_until
-from tests.test_sweep import TINY_BASE
-
-# The module-scoped fixture that starts the cluster (skips without one, fails under CI).
-slurm_env = cluster.slurm_env
+from lstm_lightning.runs import set_path
+from tests.conftest import TINY_BASE, queued, slurm_run, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -126,15 +121,15 @@ TIMESTAMPS = (
 def wait_for_job(env, job: str, timeout: float) -> float:
     """Wait until no task of ``job`` is queued or running; return the seconds waited."""
     start = time.monotonic()
-    _wait_until(lambda: not _queued(env, [job]), timeout, f"job {job} to leave the queue")
+    wait_until(lambda: not queued(env, [job]), timeout, f"job {job} to leave the queue")
     return time.monotonic() - start
 
 
 def cancel(env, job: str) -> None:
     """Cancel whatever of ``job`` is still queued (a failed test must not leave it)."""
-    if _queued(env, [job]):
-        _run(["scancel", job], env, check=False)
-        _wait_until(lambda: not _queued(env, [job]), 30, f"cancelled job {job} to leave")
+    if queued(env, [job]):
+        slurm_run(["scancel", job], env, check=False)
+        wait_until(lambda: not queued(env, [job]), 30, f"cancelled job {job} to leave")
 
 
 def task_logs(runs_dir: Path, job: str) -> dict[int, str]:
@@ -229,7 +224,7 @@ def test_throttled_array_runs_every_run_exactly_once(slurm_env, tmp_path):
         # Sample squeue as well: the timestamps below only bound the script's lifetime.
         running, reasons = [], set()
         deadline = time.monotonic() + ARRAY_TIMEOUT_S
-        while queue := _run(["squeue", "-h", "-j", job, "-o", "%T %r"], slurm_env).stdout:
+        while queue := slurm_run(["squeue", "-h", "-j", job, "-o", "%T %r"], slurm_env).stdout:
             assert time.monotonic() < deadline, f"array {job} still queued:\n{queue}"
             states = [line.split() for line in queue.splitlines()]
             running.append(sum(state == "RUNNING" for state, _ in states))
@@ -363,14 +358,14 @@ def requeued(slurm_env, tmp_path_factory):
     started = time.monotonic()
     job, _ = submit_sweep(slurm_env, select["slurm"], "--total_jobs", "1", setup=setup)
     try:
-        _wait_until(
+        wait_until(
             lambda: trained_steps(run_dir) >= SIGNAL_AFTER_STEP,
             RUN_TIMEOUT_S,
             f"run {run_dir} to log step {SIGNAL_AFTER_STEP}",
         )
         assert not (run_dir / "result.json").exists(), "the run ended before the signal"
         # To the task's srun step, as --signal=SIGUSR1@90 does at the time limit.
-        _run(["scancel", "--signal=USR1", f"{job}_0"], slurm_env)
+        slurm_run(["scancel", "--signal=USR1", f"{job}_0"], slurm_env)
         reference = local_sweep(slurm_env, select["local"])  # during the requeue delay
         wait_for_job(slurm_env, job, REQUEUE_TIMEOUT_S)
         finish(reference)

@@ -16,6 +16,7 @@ from lstm_lightning import slurm, sweep
 from lstm_lightning.cli import main as cli_main
 from lstm_lightning.cli import run_command
 from lstm_lightning.errors import ConfigError
+from tests.conftest import TINY_BASE
 
 ROOT = Path(__file__).parent.parent
 
@@ -260,11 +261,7 @@ def test_values_that_break_a_line_are_refused(option, value, message):
 # --- main: validation first, then the file, then sbatch ------------------------------------
 
 
-BASE = {
-    "trainer": {"max_steps": 8, "accelerator": "cpu", "devices": 1},
-    "model": {"hidden_size": 16, "base_hidden_size": 16},
-    "data": {"batch_size": 4, "seq_len": 8},
-}
+BASE = TINY_BASE  # the suite's one tiny config (conftest)
 
 
 @pytest.fixture

@@ -157,6 +157,7 @@ def test_the_shipped_space_transfers():
 
 
 FLOAT_KEYS = ("learning_rate", "init_std", "output_mult", "embedding_mult", "model.eps")
+SIGNED_KEYS = ("output_mult", "embedding_mult")  # the others' types take no value <= 0
 INT_KEYS = ("warmup_steps", "seq_len", "batch_size", "max_steps")
 CHOICE_KEYS = {
     "readout_zero_init": st.booleans(),
@@ -170,7 +171,7 @@ def spaces(draw) -> dict:
     space = {}
     for key in draw(st.lists(st.sampled_from(FLOAT_KEYS), unique=True, min_size=1, max_size=3)):
         log = draw(st.booleans())
-        low = draw(st.floats(1e-6 if log else -1e3, 1e3))
+        low = draw(st.floats(-1e3 if key in SIGNED_KEYS and not log else 1e-6, 1e3))
         space[key] = {"low": low, "high": low + draw(st.floats(1e-3, 1e3)), "log": log}
     for key in draw(st.lists(st.sampled_from(INT_KEYS), unique=True, max_size=2)):
         low, step = draw(st.integers(1, 100)), draw(st.integers(1, 5))

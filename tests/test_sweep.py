@@ -2,98 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lstm_lightning import runs as folders
 from lstm_lightning import sweep
 from lstm_lightning.cli import main
-
-ROOT = Path(__file__).parent.parent
-
-TINY_BASE = {
-    "seed_everything": 0,
-    "trainer": {
-        "max_steps": 8,
-        "val_check_interval": 8,
-        "check_val_every_n_epoch": None,
-        "limit_val_batches": 2,
-        "num_sanity_val_steps": 0,
-        "log_every_n_steps": 4,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "devices": 1,
-    },
-    "checkpoint": {"every_n_train_steps": 4},
-    "model": {"hidden_size": 16, "base_hidden_size": 16, "learning_rate": 0.01},
-    "data": {
-        "synthetic_tokens": 16384,
-        "synthetic_states": 8,
-        "synthetic_vocab": 8,
-        "seq_len": 8,
-        "batch_size": 4,
-    },
-}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """``python cli.py ARGS`` in a fresh interpreter, one thread, output captured."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "cli.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-
-
-def group(name: str, *runs: tuple[str, dict]) -> dict:
-    return {"name": name, "subexperiments": [{"label": lb, "overrides": o} for lb, o in runs]}
-
-
-@pytest.fixture
-def project(tmp_path):
-    """A base config and a definitions file in tmp_path; ``project.defs(...)`` rewrites it."""
-
-    class Project:
-        config = tmp_path / "base.yaml"
-        definitions = tmp_path / "defs.py"
-        runs = tmp_path / "runs"
-
-        def defs(self, *groups: dict, extra: str = "") -> None:
-            self.definitions.write_text(
-                f"EXPERIMENTS = {groups!r}\n"
-                + "".join(f"{g['name'].upper()} = {g!r}\n" for g in groups)
-                + extra
-            )
-
-        def args(self, *extra: str) -> list[str]:
-            return [
-                "sweep",
-                "--config",
-                str(self.config),
-                "--definitions",
-                str(self.definitions),
-                "--runs_dir",
-                str(self.runs),
-                *extra,
-            ]
-
-        def result(self, grp: str, label: str) -> dict:
-            return json.loads((self.runs / grp / label / "result.json").read_text())
-
-    Project.config.write_text(yaml.safe_dump(TINY_BASE))
-    project = Project()
-    project.defs(group("g", ("a", {"learning_rate": 0.02}), ("b", {"hidden_size": 24})))
-    return project
-
+from tests.conftest import ROOT, group, run_cli, scalar_events
 
 # --- aliases and validation -------------------------------------------------------------
 
@@ -114,7 +36,7 @@ def project(tmp_path):
     ],
 )
 def test_flat_keys_are_aliases_for_config_paths(alias, path):
-    assert sweep.ALIASES[alias] == path
+    assert folders.ALIASES[alias] == path
 
 
 def test_dry_run_resolves_aliases_and_dotted_paths_and_writes_nothing(project, capsys):
@@ -131,11 +53,7 @@ def test_dry_run_resolves_aliases_and_dotted_paths_and_writes_nothing(project, c
     out = capsys.readouterr().out
     assert "g/a" in out and "learning_rate=0.5" in out
     assert not project.runs.exists()
-    runs, _, _ = sweep.prepare(
-        definitions_path=str(project.definitions),
-        config=str(project.config),
-        runs_dir=str(project.runs),
-    )
+    runs, _, _ = sweep.prepare(project.selection())
     config = runs[0].config
     assert (config["model.learning_rate"], config["model.init_std"]) == (0.5, 0.5)
     assert (config["trainer.max_steps"], config["data.seq_len"]) == (6, 4)
@@ -237,13 +155,7 @@ def test_flags_win_over_slurm_and_more_shards_than_runs_is_fine(project):
     assert sweep.choose_shard(None, None, env) == (1, 2)
     assert sweep.choose_shard(0, 5, env) == (0, 5)
     assert sweep.choose_shard(None, 2, env) == (1, 2)  # --total_jobs alone: task from SLURM
-    runs, job, total = sweep.prepare(
-        definitions_path=str(project.definitions),
-        config=str(project.config),
-        runs_dir=str(project.runs),
-        job_id=4,
-        total_jobs=5,
-    )
+    runs, job, total = sweep.prepare(project.selection(), sweep.Placement(job_id=4, total_jobs=5))
     assert [r for r in runs if r.shard == 4] == []  # an empty shard, no error
 
 
@@ -276,9 +188,7 @@ def test_sweep_writes_one_folder_per_run_and_fit_reproduces_it(project):
         )
         == 0
     )
-    from tests.test_cli import scalars
-
-    assert scalars(replay / "a")["val/loss"][-1] == pytest.approx(
+    assert scalar_events(replay / "a")["val/loss"][-1][1] == pytest.approx(
         result["metrics"]["val/loss"], rel=1e-6
     )
 
@@ -296,18 +206,20 @@ def test_a_second_sweep_skips_completed_runs_and_refuses_changed_ones(project, c
     assert project.result("g", "a")["hparams"]["learning_rate"] == 0.03
 
 
-def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(project, capsys):
+def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(project, capsys, tmp_path):
+    # A file that is not UTF-8 passes the pre-check (it is there) and fails when it loads.
+    (tmp_path / "latin.txt").write_bytes(b"\xff\xfe\xfa" * 100)
     project.defs(
         group(
             "g",
-            ("boom", {"data.source": "text", "data.path": "/nonexistent.txt"}),
+            ("boom", {"data.source": "text", "data.path": str(tmp_path / "latin.txt")}),
             ("nan", {"init_std": 1e38}),
             ("fine", {}),
         )
     )
     assert main(project.args()) == 1  # a failed run makes the sweep exit non-zero
     boom, nan, fine = (project.result("g", x) for x in ("boom", "nan", "fine"))
-    assert boom["status"] == "failed" and "does not exist" in boom["error"]
+    assert boom["status"] == "failed" and "is not UTF-8 text" in boom["error"]
     assert "Traceback" in (project.runs / "g" / "boom" / "traceback.txt").read_text()
     assert nan["status"] == "diverged" and nan["diverged_at_step"] == 0
     assert fine["status"] == "completed"
@@ -328,9 +240,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(project, ca
 def test_sigkill_mid_run_then_restart_loses_nothing(project):
     # Three runs of 200 steps, checkpointing every 4: kill the sweep while the second
     # trains, restart it, and check the first is not rerun and the second resumes.
-    base = yaml.safe_load(project.config.read_text())
-    base["trainer"].update(max_steps=200, val_check_interval=200)
-    project.config.write_text(yaml.safe_dump(base))
+    project.base(max_steps=200, val_check_interval=200)
     project.defs(group("g", ("r1", {}), ("r2", {"learning_rate": 0.02}), ("r3", {})))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(

@@ -11,17 +11,16 @@ import sys
 import time
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstm_lightning import sweep
+from lstm_lightning import execute, results, sweep
+from lstm_lightning import runs as folders
 from lstm_lightning import workers as pool
 from lstm_lightning.cli import main
 from lstm_lightning.errors import ConfigError
-from tests import test_sweep
-from tests.test_sweep import ROOT, group, run_cli
-
-project = test_sweep.project  # the fixture: a tiny base config and definitions in tmp_path
+from tests.conftest import ROOT, group, run_cli
 
 FOUR = group(
     "g",
@@ -30,13 +29,6 @@ FOUR = group(
     ("c", {"optimizer": "sgd", "learning_rate": 0.5}),
     ("d", {"seed": 1, "num_layers": 2}),
 )
-
-
-def into(project, runs_dir, *extra: str) -> list[str]:
-    """The project's sweep arguments with another runs folder."""
-    args = project.args(*extra)
-    args[args.index("--runs_dir") + 1] = str(runs_dir)
-    return args
 
 
 def children(pid: int) -> list[int]:
@@ -62,7 +54,7 @@ def test_parallel_sweep_gives_the_sequential_results_bit_for_bit(project, tmp_pa
     assert main(project.args("--workers", "1")) == 0  # in this process
     assert "worker process" not in capsys.readouterr().err
     parallel = tmp_path / "parallel"
-    assert main(into(project, parallel, "--workers", "2")) == 0
+    assert main(project.args("--workers", "2", runs=parallel)) == 0
     err = capsys.readouterr().err
     assert (
         re.search(r"worker process(es)? on \d+ cores", err) and "[sweep] ran 4: 4 completed" in err
@@ -70,7 +62,7 @@ def test_parallel_sweep_gives_the_sequential_results_bit_for_bit(project, tmp_pa
     assert len(re.findall(r"\[sweep\] run \d/4 g/\w \(run, pid \d+, 1 thread", err)) == 4
     for label in "abcd":
         one = project.result("g", label)
-        two = sweep.read_json(parallel / "g" / label / "result.json")
+        two = project.result("g", label, runs=parallel)
         assert two["status"] == "completed"
         for key in ("metrics", "steps", "hparams", "diverged_at_step", "overrides"):
             assert two[key] == one[key], (label, key)  # exact: no tolerance
@@ -215,23 +207,21 @@ def alive(pid: int) -> bool:
 
 
 def test_a_retry_resumes_a_run_whose_worker_died_but_reruns_a_run_that_raised(project):
-    runs, _, _ = sweep.prepare(
-        definitions_path=str(project.definitions),
-        config=str(project.config),
-        runs_dir=str(project.runs),
-    )
+    runs, _, _ = sweep.prepare(project.selection())
     died, raised = runs
     for run in runs:
         run.dir.mkdir(parents=True)
-        (run.dir / "last.ckpt").write_bytes(b"")
-    record = sweep.record_death(died, pool.death(-signal.SIGKILL), time.time() + 1)
+        torch.save({"global_step": 2}, run.dir / "last.ckpt")
+    record = execute.record_death(died, pool.death(-signal.SIGKILL), time.time() + 1)
     assert record["status"] == "failed" and record["error"].startswith("worker died with signal 9")
-    sweep.write_json_atomic(raised.dir / "result.json", sweep.failed(raised, "ValueError: x", 1))
+    assert record["worker_death"] == pool.death(-signal.SIGKILL)  # the field, not a prefix
+    results.write(raised.dir, execute.failed(raised, "ValueError: x", 1))
     for run in runs:
-        sweep.plan(run, force=False, retry_failed=False)
+        folders.plan(run)
     assert [r.action for r in runs] == ["skip", "skip"]
     for run in runs:
-        sweep.plan(run, force=False, retry_failed=True)
+        run.retry_failed = True
+        folders.plan(run)
     assert [r.action for r in runs] == ["resume", "run"]
 
 
@@ -340,10 +330,6 @@ def test_under_srun_auto_is_one_worker_and_more_is_refused(project, monkeypatch,
     assert len(err) == 1 and "error: --workers 2: under srun" in err[0] and "--total_jobs" in err[0]
     calls = []
     monkeypatch.setattr(sweep, "sequential", lambda todo, threads: calls.append(threads) or [])
-    runs, job, _ = sweep.prepare(
-        definitions_path=str(project.definitions),
-        config=str(project.config),
-        runs_dir=str(project.runs),
-    )
+    runs, job, _ = sweep.prepare(project.selection())
     assert sweep.sweep(runs, job, None) == []
     assert calls == [[None, None]]  # one at a time, threads left to srun and Lightning
