@@ -171,7 +171,14 @@ def result_record(run: Run, cli, wall: float, tokens_per_second, resumed_from) -
         diverged_at_step=model.diverged_at_step,
         resumed_from_step=resumed_from,
         world_size=cli.trainer.world_size,
+        **compute(wall, cli.trainer.world_size),
     )
+
+
+def compute(wall: float, world_size: int = 1) -> dict:
+    """``threads`` and ``core_seconds``: what this attempt cost, for the report's tables."""
+    threads = torch.get_num_threads()
+    return {"threads": threads, "core_seconds": wall * threads * world_size}
 
 
 def identity(run: Run) -> dict:
@@ -201,6 +208,7 @@ def failed(run: Run, summary: str, wall: float, worker_death: str | None = None)
         **identity(run),
         status="failed",
         wall_seconds=wall,
+        **compute(wall),
         error=summary,
         worker_death=worker_death,
     )

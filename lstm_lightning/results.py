@@ -43,7 +43,7 @@ HPARAMS = (
 REQUIRED_HPARAMS = HPARAMS[:5]  # what the report cannot do without
 # Fields a schema 1 file may lack: worker_death is new; resumed_from_step was written but
 # not documented, so a file made by the schema 1 doc has none.
-SCHEMA_2_ONLY = ("resumed_from_step", "worker_death")
+SCHEMA_2_ONLY = ("resumed_from_step", "worker_death", "threads", "core_seconds", "study", "trial")
 SCHEMA_1_DEATH = "worker died"  # schema 1's prefix of ``error`` for a worker's death
 
 NUMBER, INT, STR, OBJ, NULL = "number", "integer", "string", "object", "null"
@@ -63,8 +63,12 @@ FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
     "diverged_at_step": ((INT, NULL), "the step whose loss diverged, or null"),
     "resumed_from_step": ((INT, NULL), "the checkpoint step this attempt resumed from"),
     "world_size": ((INT, NULL), "processes that trained it (DDP)"),
+    "threads": ((INT, NULL), "torch threads of each process in this attempt"),
+    "core_seconds": ((NUMBER, NULL), "this attempt's compute: wall x threads x processes"),
     "error": ((STR, NULL), "a failed run's one-line error"),
     "worker_death": ((STR, NULL), "how the worker process died under a failed run"),
+    "study": ((STR, NULL), "the search (cli.py tune) this run is a trial of, or null"),
+    "trial": ((INT, NULL), "its trial number in that study, or null"),
 }
 
 

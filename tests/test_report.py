@@ -53,7 +53,8 @@ def test_csv_has_one_row_per_run_in_path_order(report_sweep):
             "num_layers": "1", "batch_size": "32", "seq_len": "64", "max_steps": "300",
             "base_hidden_size": "32", "val_loss_floor": "1.6", "config_hash": "3f2a",
             "tokens_per_second": "350000.0", "wall_seconds": "5.5", "resumed_from_step": "",
-            "world_size": "1", "error": "", "worker_death": ""}  # fmt: skip
+            "world_size": "1", "threads": "", "core_seconds": "", "error": "",
+            "worker_death": "", "study": "", "trial": ""}  # fmt: skip
     assert dict(zip(rows[0], rows[1])) == runs | {
         "label": "a_w16_lr-3_s0", "status": "completed", "learning_rate": "0.125", "seed": "0",
         "train_loss": "1.95", "val_loss": "1.7", "val_loss_best": "1.575", "steps": "300",
@@ -121,7 +122,8 @@ def test_a_worker_death_is_listed_as_one(tmp_path, fake_runs):
     death = "worker died with signal 9 (SIGKILL, e.g. the out-of-memory killer)"
     hint = f"{death}; --retry_failed resumes it"  # the runner's error for it
     failed = {"status": "failed", "val_loss": None}
-    v2 = {**failed, "schema": 2, "resumed_from_step": None}
+    v2 = {**failed, "schema": 2, "resumed_from_step": None, "threads": 1, "core_seconds": 1.0}
+    v2 |= {"study": None, "trial": None}
     fake_runs.write_result(tmp_path, "G", "ok")
     fake_runs.write_result(tmp_path, "G", "bare", **v2, worker_death=death)
     fake_runs.write_result(tmp_path, "G", "runner", **v2, worker_death=death, error=hint)

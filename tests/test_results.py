@@ -111,7 +111,8 @@ WRONG = {
     "schema": 3, "group": 1, "label": None, "overrides": [], "config_hash": 7, "hparams": "x",
     "status": "running", "metrics": None, "steps": "4", "tokens_per_second": "fast",
     "wall_seconds": [], "diverged_at_step": 1.5, "resumed_from_step": "2", "world_size": True,
-    "error": 1, "worker_death": 9,
+    "threads": 1.5, "core_seconds": "1", "error": 1, "worker_death": 9, "study": 3,
+    "trial": "0",
 }  # fmt: skip
 
 
