@@ -53,6 +53,7 @@ COMMANDS: dict[str, Command] = {
     "report": Command(report.main, "Summarise a sweep: best lrs, transfer table and plot"),
     "tune": Command(tune.main, "Search hyperparameters with Optuna, one run folder per trial"),
     "slurm": Command(slurm.main, "Write (and submit) a SLURM array script for a sweep"),
+    "slurm-tune": Command(tune.slurm_main, "Write (and submit) a SLURM array of tune processes"),
     "coord-check": Command(coord_check.main, "Activation sizes against width, SP and muP"),
 }
 

@@ -25,19 +25,27 @@ tpe (Optuna's TPESampler) is adaptive: after its random start it follows the res
 
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing
+import os
+import shlex
+import sys
+import typing
+from pathlib import Path
 from typing import Any, Literal
 
+import docstring_parser
 from filelock import FileLock
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from optuna.trial import TrialState
 
-from lstm_lightning import results
+from lstm_lightning import results, slurm
 from lstm_lightning import runs as folders
 from lstm_lightning import workers as pool
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.execute import Stopping, quiet_lightning, run_one, say
+from lstm_lightning.files import write_atomic
 from lstm_lightning.runs import Run
 from lstm_lightning.study import (
     ASK_LOCK,
@@ -270,3 +278,82 @@ def summary(handle: Handle) -> str:
             f"[tune] summarize: python cli.py report --runs_dir {spec.runs_dir}",
         ]
     )
+
+
+# --- cli.py slurm-tune: an array whose tasks all work on the one study ----------------------
+
+# tune's own flags, as slurm.Option rows, then slurm's job options (one process per task:
+# a trial trains on one device, so no --nodes or --devices_per_node).
+TUNE_FLAGS = ("config", "space", "study", "trials", "sampler", "seed", "objective", "runs_dir")
+SLURM_JOB = tuple(o for o in slurm.JOB if o.name not in ("nodes", "devices_per_node"))
+SLURM_EXPLANATION = """\
+#
+# Written by `python cli.py slurm-tune`, and rewritten by it: change the command, not this file.
+# Every task of the array runs `cli.py tune` on the one study: they share its journal
+# file and together finish exactly --trials trials. A task killed or requeued leaves its
+# trial RUNNING; the next task to claim one resumes it from its last.ckpt."""
+
+
+def slurm_main(**options: Any) -> int:
+    # The docstring and signature, which cli.py turns into flags, are set below.
+    tuned = {name: options[name] for name in TUNE_FLAGS if name in options}
+    job = {o.name: options.get(o.name, o.default) for o in SLURM_JOB}
+    for option in SLURM_JOB:
+        slurm.check_value(option, job[option.name])
+    o = slurm.derive({**job, "nodes": 1, "devices_per_node": 1, "definitions": None, **tuned})
+    o["space"] = os.path.abspath(o["space"])
+    spec = Spec(**{name: o[name] for name in TUNE_FLAGS})
+    prepare(spec)  # a bad space, base config or name: one line, nothing written
+    text = slurm_script(o)
+    slurm.check_workdir(o["workdir"])
+    path = Path(slurm.log_dir(o)) / f"tune_{spec.study}_{o['total_jobs']}jobs.sbatch"
+    write_atomic(path, text)
+    print(path)
+    if not o["submit"]:
+        return 0
+    try:
+        job_id = slurm.submit(path)
+    except ConfigError as err:  # the script stays: it can be submitted by hand
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(job_id)
+    return 0
+
+
+def slurm_script(o: dict[str, Any]) -> str:
+    """The array's script: every task one ``cli.py tune`` process, one trial at a time."""
+    header = ["#!/bin/bash"]
+    header += [slurm.sbatch_line(*row) for row in slurm.sbatch_rows(o) if row[2] is not None]
+    argv = [o["python"], "cli.py", "tune"]
+    for name in TUNE_FLAGS:
+        argv += [f"--{name}", str(o[name])]
+    body = [
+        "set -euo pipefail",
+        f"cd {shlex.quote(o['workdir'])}",
+        *([o["setup"]] if o["setup"] else []),
+        f"export OMP_NUM_THREADS={o['cpus_per_task']}",
+        f"srun {shlex.join([*argv, '--workers', '1'])}",
+    ]
+    return "\n".join([*header, SLURM_EXPLANATION, *body]) + "\n"
+
+
+def _declare_slurm_main() -> None:
+    """``slurm_main``'s flags: tune's own (their types and help from ``main``), then the
+    job's (``slurm.JOB``)."""
+    keyword, hints = inspect.Parameter.KEYWORD_ONLY, typing.get_type_hints(main)
+    params = inspect.signature(main).parameters
+    docs = {d.arg_name: d.description for d in docstring_parser.parse(main.__doc__).params}
+    rows = [(n, hints[n], params[n].default, " ".join(docs[n].split())) for n in TUNE_FLAGS]
+    rows += [(o.name, o.type, o.default, o.help) for o in SLURM_JOB]
+    slurm_main.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, keyword, default=d, annotation=t) for n, t, d, _ in rows],
+        return_annotation=int,
+    )
+    slurm_main.__doc__ = (
+        "Write <runs_dir>/slurm/tune_<study>_<N>jobs.sbatch, an array whose tasks all run "
+        "cli.py tune on the one study; --submit submits it.\n\nArgs:\n"
+        + "".join(f"    {n}: {h}\n" for n, _, _, h in rows)
+    )
+
+
+_declare_slurm_main()
