@@ -284,7 +284,10 @@ def summary(handle: Handle) -> str:
 
 # tune's own flags, as slurm.Option rows, then slurm's job options (one process per task:
 # a trial trains on one device, so no --nodes or --devices_per_node).
-TUNE_FLAGS = ("config", "space", "study", "trials", "sampler", "seed", "objective", "runs_dir")
+TUNE_FLAGS = (
+    *("config", "space", "study", "trials", "sampler", "seed", "objective", "runs_dir"),
+    "transfer",
+)
 SLURM_JOB = tuple(o for o in slurm.JOB if o.name not in ("nodes", "devices_per_node"))
 SLURM_EXPLANATION = """\
 #
@@ -296,7 +299,11 @@ SLURM_EXPLANATION = """\
 
 def slurm_main(**options: Any) -> int:
     # The docstring and signature, which cli.py turns into flags, are set below.
-    tuned = {name: options[name] for name in TUNE_FLAGS if name in options}
+    defaults = inspect.signature(main).parameters
+    tuned = {name: options.get(name, defaults[name].default) for name in TUNE_FLAGS}
+    missing = [name for name, value in tuned.items() if value is inspect.Parameter.empty]
+    if missing:
+        raise ConfigError(f"--{missing[0]} is required")
     job = {o.name: options.get(o.name, o.default) for o in SLURM_JOB}
     for option in SLURM_JOB:
         slurm.check_value(option, job[option.name])
@@ -326,7 +333,10 @@ def slurm_script(o: dict[str, Any]) -> str:
     header += [slurm.sbatch_line(*row) for row in slurm.sbatch_rows(o) if row[2] is not None]
     argv = [o["python"], "cli.py", "tune"]
     for name in TUNE_FLAGS:
-        argv += [f"--{name}", str(o[name])]
+        if isinstance(o[name], bool):
+            argv += [f"--{name}" if o[name] else f"--no_{name}"]
+        else:
+            argv += [f"--{name}", str(o[name])]
     body = [
         "set -euo pipefail",
         f"cd {shlex.quote(o['workdir'])}",
