@@ -104,12 +104,13 @@ def test_qmc_spreads_the_trials_over_each_range(files):
     assert max(gaps) < 2 * 1.5 / 9
 
 
-def test_the_journal_gives_each_trial_its_numbers_params(files):
-    setup = prepare(files.spec(sampler="qmc", seed=3))
+@pytest.mark.parametrize("kind", ["random", "qmc", "tpe"])  # tpe: its random start
+def test_the_journal_gives_each_trial_its_numbers_params(files, kind):
+    setup = prepare(files.spec(sampler=kind, seed=3))
     handle = Handle(setup)
     for _ in range(3):
         claim = claim_next(handle)
-        assert claim.params == preview(setup.space, "qmc", 3, claim.number)
+        assert claim.params == preview(setup.space, kind, 3, claim.number)
         handle.study.tell(claim.number, 1.0)
         claim.lock.release()
     trials = files.trials()
@@ -250,6 +251,8 @@ def test_a_tiny_study_trains_its_trials_as_runs_the_report_reads(tmp_path):
             label(t.number),
         )
         assert result["overrides"] == t.params
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())  # what fit reproduces
+        assert config["model"]["learning_rate"] == t.params["learning_rate"]
         if t.params["init_std"] == 1.0e38:  # blows up at once: told FAIL, its step kept
             assert t.state == TrialState.FAIL and t.user_attrs["diverged_at_step"] == 0
         else:
@@ -264,7 +267,8 @@ def test_a_tiny_study_trains_its_trials_as_runs_the_report_reads(tmp_path):
 
 @pytest.mark.slow
 def test_two_tune_processes_train_exactly_n_trials(files):
-    procs = [start_cli(*files.args("--workers", "1", trials=4)) for _ in range(2)]
+    # three processes: one alone, one with two workers
+    procs = [start_cli(*files.args("--workers", k, trials=4)) for k in ("1", "2")]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
