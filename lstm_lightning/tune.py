@@ -245,17 +245,17 @@ def main(
         print(plan_text(setup))
         return 0
     spec.folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(spec.folder / ASK_LOCK):
+    with FileLock(spec.folder / ASK_LOCK):  # one process creates the study, the others load it
         check_definition(setup)
-    handle = Handle(setup)
+        handle = Handle(setup)
     counts = handle.counts()
     if counts["finished"] >= trials and not abandoned(handle):
         say(f"[tune] study {study} is complete: {counts['finished']} of {trials} trials")
     else:
         left = max(1, trials - counts["finished"])
         cost = [setup.probe.cost] * left
-        cores, slurm = pool.available_cores(), under_slurm()
-        count = pool.resolve_workers(requested, cost, cores, slurm, on_cpu([setup.probe]))
+        cores, in_job = pool.available_cores(), under_slurm()
+        count = pool.resolve_workers(requested, cost, cores, in_job, on_cpu([setup.probe]))
         quiet_lightning()
         if count > 1:
             in_workers(spec, min(count, left))
