@@ -114,7 +114,7 @@ def check_definition(setup: Setup) -> None:
     path = setup.spec.folder / DEFINITION
     new = yaml.safe_load(yaml.safe_dump(setup.definition, sort_keys=False))
     if not path.exists():
-        write_atomic(path, yaml.safe_dump(new, sort_keys=False))
+        write_atomic(path, yaml.dump(new, Dumper=_Readable, sort_keys=False))
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     differs = [k for k in COMPARED if old.get(k) != new[k]]
@@ -127,6 +127,17 @@ def check_definition(setup: Setup) -> None:
             f"{', '.join(differs)}; give a new --study name, or delete {setup.spec.folder} "
             "to start it over"
         )
+
+
+class _Readable(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing a multi-line string (the base config) as a block."""
+
+    def represent_str(self, data: str) -> yaml.Node:
+        style = "|" if "\n" in data else None
+        return self.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Readable.add_representer(str, _Readable.represent_str)
 
 
 class Handle:
