@@ -22,7 +22,7 @@ from jsonargparse import ActionYesNo, ArgumentError, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lstm_lightning import coord_check, report, slurm, sweep
+from lstm_lightning import coord_check, report, slurm, sweep, tune
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.fit import (
     EXIT_CONFIG_ERROR,
@@ -51,7 +51,9 @@ COMMANDS: dict[str, Command] = {
     "test": Command(None, "Score a checkpoint on the test split: test --ckpt_path"),
     "sweep": Command(sweep.main, "Run experiment groups, one folder and result per run"),
     "report": Command(report.main, "Summarise a sweep: best lrs, transfer table and plot"),
+    "tune": Command(tune.main, "Search hyperparameters with Optuna, one run folder per trial"),
     "slurm": Command(slurm.main, "Write (and submit) a SLURM array script for a sweep"),
+    "slurm-tune": Command(tune.slurm_main, "Write (and submit) a SLURM array of tune processes"),
     "coord-check": Command(coord_check.main, "Activation sizes against width, SP and muP"),
 }
 
