@@ -211,7 +211,16 @@ def test_help_and_a_mistyped_subcommand_list_every_subcommand(argv, first_line, 
     assert listing.splitlines()[0] == first_line
     for name, command in COMMANDS.items():
         assert re.search(rf"^  {name} +{re.escape(command.help)}$", listing, re.M), name
-    assert set(COMMANDS) == {"fit", "validate", "test", "sweep", "report", "slurm", "coord-check"}
+    assert set(COMMANDS) == {
+        "fit",
+        "validate",
+        "test",
+        "sweep",
+        "transfer",
+        "report",
+        "slurm",
+        "coord-check",
+    }
 
 
 @pytest.mark.parametrize(
