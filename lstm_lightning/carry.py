@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 import yaml
@@ -38,11 +38,12 @@ from lstm_lightning import workers as pool
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.files import write_atomic
 from lstm_lightning.groups import check_structure
+from lstm_lightning.parametrization import Parametrization
 from lstm_lightning.runs import ARGUMENTS, flatten, resolve_key, set_path
 
 DEFINITION, JOURNAL, BEST = "study.yaml", "study.journal", "best.yaml"
 SECTIONS = ("model", "data", "trainer", "seed_everything")  # what best.yaml may hold
-PARAMETRIZATIONS = ("sp", "mup")
+PROXY_KEYS = ("hidden_size", "base_hidden_size", "parametrization")  # study.yaml's proxy
 
 
 @dataclass
@@ -70,11 +71,16 @@ def from_study(runs_dir: Path, name: str) -> Recipe:
             f"--study {name}: no study in {folder} (no {DEFINITION}){hint}; run cli.py tune "
             "--study NAME first, or give the --runs_dir it used"
         )
-    definition = yaml.safe_load((folder / DEFINITION).read_text(encoding="utf-8"))
-    if not isinstance(definition, dict) or not isinstance(definition.get("proxy"), dict):
-        raise ConfigError(f"{folder / DEFINITION}: not a study definition (no proxy mapping)")
+    try:
+        definition = yaml.safe_load((folder / DEFINITION).read_text(encoding="utf-8"))
+        proxy = definition["proxy"]
+        proxy = {key: proxy[key] for key in PROXY_KEYS}
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"{folder / DEFINITION}: not a study definition ({type(err).__name__}: {err}); "
+            "cli.py tune writes it"
+        ) from None
     trial = best_trial(folder, name)
-    proxy = definition["proxy"]
     overrides = {
         **trial.params,
         "base_hidden_size": proxy["base_hidden_size"],
@@ -210,10 +216,10 @@ def main(
     """
     if (study is None) == (from_file is None):
         raise ConfigError("give --study NAME (a study of cli.py tune) or --from_file best.yaml")
-    if parametrization is not None and parametrization not in PARAMETRIZATIONS:
+    if parametrization is not None and parametrization not in get_args(Parametrization):
         raise ConfigError(
             f"--parametrization {parametrization}: use sp or mup"
-            f"{did_you_mean(parametrization, PARAMETRIZATIONS)}"
+            f"{did_you_mean(parametrization, get_args(Parametrization))}"
         )
     requested = pool.parse_workers(workers)
     width_list, seed_list = int_list(widths, "--widths"), int_list(seeds, "--seeds", low=0)

@@ -212,7 +212,7 @@ def one_error(capsys) -> str:
         (["--study", "s", "--widths", "0,256"], "--widths 0,256: give positive integers"),
         (["--study", "s", "--seeds", "a"], "--seeds a: give integers >= 0"),
         (["--study", "s", "--seeds", "1,-1"], "--seeds 1,-1: give integers >= 0"),
-        (["--study", "s", "--parametrization", "mu"], "use sp or mup"),
+        (["--study", "s", "--parametrization", "mu"], "use sp or mup (did you mean mup"),
         ([], "give --study NAME"),
     ],
 )
@@ -237,6 +237,9 @@ def test_a_study_without_journal_or_complete_trial_is_refused(tmp_path, capsys):
     make_study(runs, "none", trials=[(TrialState.FAIL, BEST, None)])
     assert transfer(runs, "--study", "none") == 2
     assert "no complete trial yet (1 trial(s)" in one_error(capsys)
+    (runs / "none" / "study.yaml").write_text("proxy: {hidden_size: 16}\n")
+    assert transfer(runs, "--study", "none") == 2
+    assert "study.yaml: not a study definition (KeyError" in one_error(capsys)
 
 
 @pytest.mark.parametrize(
