@@ -1,4 +1,4 @@
-"""The command line: ``python cli.py fit|validate|test|sweep|report|slurm|coord-check``.
+"""The command line: ``python cli.py fit|validate|test|sweep|transfer|report|slurm|...``.
 
 ``COMMANDS`` is the table of subcommands. ``fit``, ``validate`` and ``test`` are
 LightningCLI's (``lstm_lightning.fit``); the others take flags from the typed signature
@@ -22,7 +22,7 @@ from jsonargparse import ActionYesNo, ArgumentError, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lstm_lightning import coord_check, report, slurm, sweep, tune
+from lstm_lightning import carry, coord_check, report, slurm, sweep, tune
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.fit import (
     EXIT_CONFIG_ERROR,
@@ -52,6 +52,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command(sweep.main, "Run experiment groups, one folder and result per run"),
     "report": Command(report.main, "Summarise a sweep: best lrs, transfer table and plot"),
     "tune": Command(tune.main, "Search hyperparameters with Optuna, one run folder per trial"),
+    "transfer": Command(carry.main, "Train a tuned study's best trial at wider widths"),
     "slurm": Command(slurm.main, "Write (and submit) a SLURM array script for a sweep"),
     "slurm-tune": Command(tune.slurm_main, "Write (and submit) a SLURM array of tune processes"),
     "coord-check": Command(coord_check.main, "Activation sizes against width, SP and muP"),

@@ -72,6 +72,15 @@ class LanguageModel(L.LightningModule):
         weight_decay: Base weight decay (lambda); muP scales it per parameter group.
         betas: Adam/AdamW betas.
         eps: Adam/AdamW epsilon.
+        input_lr_mult: Learning-rate multiplier of the input class (the embedding and
+            every LSTM bias), on top of the muP rules; see ``lstm_lightning.parametrization``.
+        hidden_lr_mult: Learning-rate multiplier of the hidden class (the LSTM matrices),
+            on top of the muP rules.
+        output_lr_mult: Learning-rate multiplier of the output class (the readout
+            weight), on top of the muP rules.
+        eps_scaling: Scale Adam's epsilon per parameter like its muP learning rate (eps /
+            m_in on hidden matrices), so it stays negligible at every width (TP5 Appendix
+            B.3); nothing under SP or SGD.
         schedule: Learning-rate schedule after warm-up: constant, cosine or linear to 0
             at the last step.
         warmup_steps: Steps of linear learning-rate warm-up.
@@ -99,6 +108,10 @@ class LanguageModel(L.LightningModule):
         weight_decay: NonNegativeFloat = 0.0,
         betas: tuple[HalfOpenUnitInterval, HalfOpenUnitInterval] = (0.9, 0.999),
         eps: PositiveFloat = 1e-8,
+        input_lr_mult: PositiveFloat = 1.0,
+        hidden_lr_mult: PositiveFloat = 1.0,
+        output_lr_mult: PositiveFloat = 1.0,
+        eps_scaling: bool = False,
         schedule: Schedule = "constant",
         warmup_steps: NonNegativeInt = 0,
         carry_state: bool = False,
@@ -373,6 +386,9 @@ def make_optimizer(
         hp["parametrization"],
         hp["learning_rate"],
         hp["weight_decay"],
+        readout={f"readout.{name}" for name, _ in net.readout.named_parameters()},
+        class_lr_mults={c: hp[f"{c}_lr_mult"] for c in par.LR_MULT_CLASSES},
+        eps=hp["eps"] if hp["eps_scaling"] else None,
     )
     optimizer = par.build_optimizer(
         groups, hp["optimizer"], hp["learning_rate"], hp["momentum"], hp["betas"], hp["eps"]

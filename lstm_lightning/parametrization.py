@@ -24,6 +24,17 @@ dimensions, ``r = m_out / m_in`` (1 for every matrix of this model). ``readout_z
 sets the readout weight to 0 in both parametrizations. Adam and AdamW are treated alike,
 as microsoft/mup 1.0 does (its MuAdamW scales weight decay like MuAdam).
 
+On top of the lr column, each class's learning rate is multiplied by its own model key,
+default 1 (tuned on a narrow proxy and carried to the wide model, as TP5 tunes the input
+and output learning rates apart): ``input_lr_mult`` (input), ``hidden_lr_mult``
+(hidden), ``output_lr_mult`` (output); the fixed class has none. They scale the lr
+only: the wd column stands (AdamW, which decays by lr * wd, decays that class faster).
+With ``eps_scaling`` (TP5 Appendix B.3; Everett et al. 2024), Adam's epsilon of each
+parameter is multiplied by that parameter's Adam lr column (without the class
+multiplier): a hidden matrix, whose gradient and update shrink as 1 / m_in, gets
+eps / m_in, so eps stays as negligible against the gradient's second-moment root at
+every width as at the base. Under SP, and for SGD, it changes nothing.
+
 The class of a parameter is not read off its name: it is derived, as in mup's
 ``set_base_shapes``, from which dimensions change when the width changes. A parameter
 with no width dimension is "fixed", one with one is vector-like (input or output), one
@@ -35,7 +46,7 @@ Adam does not depend on width.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -106,6 +117,17 @@ def infer_shapes(
     return shapes
 
 
+LR_MULT_CLASSES = ("input", "hidden", "output")  # each has a model key <class>_lr_mult
+
+
+def param_class(shape: ParamShape, readout: bool) -> str:
+    """The table's class: 'input', 'hidden', 'output' or 'fixed'. ``readout``: whether
+    the parameter belongs to the readout layer (only a vector-like one is 'output')."""
+    if shape.kind == "vector":
+        return "output" if readout else "input"
+    return {"fixed": "fixed", "matrix": "hidden"}[shape.kind]
+
+
 def lr_wd_multipliers(
     shape: ParamShape, optimizer: OptimizerName, parametrization: Parametrization
 ) -> tuple[float, float]:
@@ -161,27 +183,38 @@ def param_groups(
     parametrization: Parametrization,
     learning_rate: float,
     weight_decay: float,
+    readout: Collection[str] = (),
+    class_lr_mults: Mapping[str, float] | None = None,
+    eps: float | None = None,
 ) -> list[dict]:
-    """Group parameters by (class, lr multiplier, wd multiplier), in first-seen order.
+    """Group parameters by (kind, lr multiplier, wd multiplier), in first-seen order.
 
-    Each group carries its own ``lr`` and ``weight_decay``; a LambdaLR schedule then
-    scales every group's lr by the same factor, so the muP ratios survive.
+    ``readout`` names the readout's parameters; ``class_lr_mults`` maps a class of
+    ``LR_MULT_CLASSES`` to its lr multiplier (missing: 1). ``eps`` given: each group
+    carries its own Adam epsilon, ``eps`` times its lr column (``eps_scaling``). Each
+    group carries its own ``lr`` and ``weight_decay``; a LambdaLR schedule then scales
+    every group's lr by the same factor, so the muP ratios survive.
     """
+    mults = dict(class_lr_mults or {})
     groups: dict[tuple, dict] = {}
     for name, p in named_params:
         shape = shapes[name]
         lr_mult, wd_mult = lr_wd_multipliers(shape, optimizer, parametrization)
-        key = (shape.kind, lr_mult, wd_mult)
+        total = lr_mult * mults.get(param_class(shape, name in readout), 1.0)
+        # With every class multiplier 1 the key, and so the groups, are as without them.
+        key = (shape.kind, total, wd_mult, lr_mult if eps is not None else None)
         group = groups.setdefault(
             key,
             {
                 "params": [],
                 "names": [],
                 "kind": shape.kind,
-                "lr": learning_rate * lr_mult,
+                "lr": learning_rate * total,
                 "weight_decay": weight_decay * wd_mult,
             },
         )
+        if eps is not None and optimizer != "sgd":
+            group["eps"] = eps * lr_mult
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())

@@ -8,10 +8,10 @@ its newest checkpoint), ``skip`` (its result stands), ``refuse`` (its config cha
 ``--force`` reruns it), ``fail`` (a checkpoint is unreadable: the run is recorded failed
 with that line) or ``hold`` (its result.json is unreadable: left as it is and named).
 
-``config_hash`` covers what determines a run's result, not where its folder is, so a
-moved or copied runs folder, or one named relative then absolute, still matches. A
-per-run fcntl lock (``lock``), which the OS releases when its holder dies, makes each
-run train once whoever starts it: two sweeps, or SLURM array tasks, on one folder.
+``config_hash`` covers what determines a run's result, not where its folder is (a moved
+runs folder still matches), nor keys added since with their defaults. A per-run fcntl
+lock (``lock``), which the OS releases when its holder dies, makes each run train once
+whoever starts it: two sweeps, or SLURM array tasks, on one folder.
 """
 
 from __future__ import annotations
@@ -56,15 +56,21 @@ LOCATION_KEYS = (
 )
 CONFIG = "config.yaml"
 LOCK = ".lock"
+ARGUMENTS = {  # every model and data argument by its config path
+    f"{section}.{name}": param
+    for section, cls in (("data", SequenceDataModule), ("model", LanguageModel))
+    for name, param in inspect.signature(cls).parameters.items()
+}
+DEFAULTS = {  # their defaults as a resolved config.yaml holds them (tuples as lists)
+    k: json.loads(json.dumps(p.default)) for k, p in ARGUMENTS.items() if p.default is not p.empty
+}
 
 
 def _aliases() -> dict[str, str]:
     """The one alias table: every model and data argument by its own name, then the
     extras. ``seed`` is the run seed (``seed_everything``); the data's own seed, which
     fixes the synthetic language, is ``data.seed``."""
-    table = {}
-    for section, cls in (("data", SequenceDataModule), ("model", LanguageModel)):
-        table.update({name: f"{section}.{name}" for name in inspect.signature(cls).parameters})
+    table = {path.split(".")[1]: path for path in ARGUMENTS}
     del table["carry_state"]  # linked from data.batching
     table["vocab_size"] = "data.vocab_size"  # the model's is linked from the data
     table.update(ALIAS_EXTRA)
@@ -236,25 +242,27 @@ def legacy_hash(text: str) -> str:
 
 
 def same_config(result: dict, text: str, written: str | None) -> bool:
-    """Whether ``result`` was trained from the config ``text``. A result of an older
-    version holds ``legacy_hash``: it matches when it is the hash of this text, or of the
-    folder's config.yaml (``written``) that differs from it only in location."""
-    recorded = result["config_hash"]
-    if recorded in (config_hash(text), legacy_hash(text)):
+    """Whether ``result`` was trained from ``text``: its hash (or ``legacy_hash``) is that of
+    ``text``, or of the folder's config.yaml ``written`` when ``differing`` finds nothing."""
+    if result["config_hash"] in (config_hash(text), legacy_hash(text)):
         return True
-    return (
-        written is not None
-        and recorded == legacy_hash(written)
-        and config_hash(written) == config_hash(text)
-    )
+    older = (config_hash(written), legacy_hash(written)) if written is not None else ()
+    return result["config_hash"] in older and not differing(written, text)
+
+
+def differing(old: str, new: str) -> list[str]:
+    """The flat keys whose values differ (``...``: absent), but for location and keys an
+    upgrade added: ones ``old`` lacks whose value in ``new`` is their ``DEFAULTS``."""
+    before, after = comparable(old), comparable(new)
+    changed = {k for k in {*before, *after} if before.get(k, ...) != after.get(k, ...)}
+    return sorted(k for k in changed if k in before or DEFAULTS.get(k, ...) != after[k])
 
 
 def changes(old: str | None, new: str) -> str:
     """' (key old -> new, ...)': up to three keys that differ, or '' when unknown."""
     if old is None:
         return ""
-    before, after = comparable(old), comparable(new)
-    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    before, after, keys = comparable(old), comparable(new), differing(old, new)
     said = [f"{k} {before.get(k)} -> {after.get(k)}" for k in keys[:3]]
     return f" ({', '.join(said)}{', ...' if len(keys) > 3 else ''})" if said else ""
 
@@ -339,7 +347,7 @@ def decide(run: Run) -> None:
         run.action, run.note = with_result(run, result, written)
     elif not checkpoints(run.dir):
         run.action, run.note = "run", ""
-    elif written is not None and config_hash(written) != config_hash(run.text):
+    elif written is not None and differing(written, run.text):
         run.action, run.note = changed(run, written)
     else:
         run.action, run.note = from_checkpoint(run, "from its checkpoint")

@@ -189,7 +189,16 @@ def prepare(selection: Selection, placement: Placement = Placement()) -> tuple[l
     nothing; raises ConfigError on the first problem."""
     s = selection
     groups = select(load_definitions(s.definitions), s.experiments, s.labels)
-    base, runs_dir = base_config(s.config), check_runs_dir(s.runs_dir)
+    return prepare_groups(groups, base_config(s.config), s, placement)
+
+
+def prepare_groups(
+    groups: list[dict], base: dict, selection: Selection, placement: Placement = Placement()
+) -> tuple[list[Run], int, int]:
+    """``prepare`` for checked groups given as data over the base config ``base`` (as
+    ``cli.py transfer`` builds them); the selection's own groups and config are unread."""
+    s = selection
+    runs_dir = check_runs_dir(s.runs_dir)
     job, total = choose_shard(placement.job_id, placement.total_jobs)
     runs = [
         Run(g["name"], sub["label"], sub["overrides"], force=s.force, retry_failed=s.retry_failed)
@@ -318,12 +327,20 @@ def main(*, dry_run: bool = False, workers: str = "auto", **options: Any) -> int
     chosen = Selection(**{f.name: options[f.name] for f in fields(Selection) if f.name in options})
     where = Placement(**{f.name: options[f.name] for f in fields(Placement) if f.name in options})
     runs, job, total = prepare(chosen, where)
+    return run_prepared(runs, job, total, requested, chosen.runs_dir, dry_run)
+
+
+def run_prepared(
+    runs: list[Run], job: int, total: int, workers: int | None, runs_dir: str, dry_run: bool
+) -> int:
+    """What ``main`` does with prepared runs: print them (``dry_run``), or run this shard's
+    and say how they ended; the exit status (1 when a run failed or was left as it is)."""
     if dry_run:
         print(dry_run_table(runs, job, total))
         return 0
-    outcomes = sweep(runs, job, requested)
+    outcomes = sweep(runs, job, workers)
     mine = [r for r in runs if r.shard == job]
-    say(summary_table(outcomes, mine, chosen.runs_dir))
+    say(summary_table(outcomes, mine, runs_dir))
     failed = any(o.how == "ran" and o.result["status"] == "failed" for o in outcomes)
     held = any(o.how == "held" for o in outcomes) or any(r.action == "hold" for r in mine)
     return 1 if failed or held else 0

@@ -213,7 +213,7 @@ def test_help_and_a_mistyped_subcommand_list_every_subcommand(argv, first_line, 
         assert re.search(rf"^  {name} +{re.escape(command.help)}$", listing, re.M), name
     assert set(COMMANDS) == {
         *("fit", "validate", "test", "sweep", "report", "slurm", "coord-check"),
-        *("tune", "slurm-tune"),
+        *("tune", "slurm-tune", "transfer"),
     }
 
 

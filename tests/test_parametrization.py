@@ -393,3 +393,77 @@ def test_docstring_table_matches_expected():
     # Every class keeps lr * wd width-independent, for SGD and for Adam.
     for sgd_lr, sgd_wd, adam_lr, adam_wd in TABLE_MUP.values():
         assert sgd_lr * sgd_wd == pytest.approx(1.0) and adam_lr * adam_wd == pytest.approx(1.0)
+
+
+# --- 6. per-class learning-rate multipliers and eps scaling (issue 12.2) ------------------
+
+CLASS_MULTS = {"input": 2.0, "hidden": 3.0, "output": 5.0, "fixed": 1.0}  # fixed: no key
+
+
+@pytest.mark.parametrize("parametrization", ["mup", "sp"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_class_lr_multipliers_on_top_of_table(optimizer, parametrization):
+    model = make_model(
+        hidden_size=M * BASE,
+        num_layers=2,
+        optimizer=optimizer,
+        parametrization=parametrization,
+        learning_rate=LR,
+        weight_decay=WD,
+        **{f"{c}_lr_mult": CLASS_MULTS[c] for c in par.LR_MULT_CLASSES},
+    )
+    got = lr_wd_by_name(optimizer_of(model), model.net)
+    for name, cls in CLASS_OF.items():
+        row = TABLE_MUP[cls] if parametrization == "mup" else (1, 1, 1, 1)
+        lr, wd = row[:2] if optimizer == "sgd" else row[2:]
+        # The multiplier scales the class's lr only; its weight decay is the table's.
+        assert got[name] == pytest.approx((LR * lr * CLASS_MULTS[cls], WD * wd), rel=1e-12), name
+
+
+def test_class_of_fixed_embedding_takes_no_multiplier():
+    # With a fixed embedding_size the embedding is in the fixed class: its lr stays eta,
+    # while the first weight_ih, now vector-like, is input-like and takes input_lr_mult.
+    model = make_model(hidden_size=M * BASE, embedding_size=48, learning_rate=LR, input_lr_mult=2.0)
+    got = lr_wd_by_name(optimizer_of(model), model.net)
+    assert got["embedding.weight"][0] == pytest.approx(LR)
+    assert got["layers.0.weight_ih_l0"][0] == pytest.approx(2.0 * LR)
+
+
+def eps_by_name(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict:
+    names = {id(p): n for n, p in module.named_parameters()}
+    return {names[id(p)]: g["eps"] for g in optimizer.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_eps_scaling_follows_adam_lr_column(optimizer):
+    eps = 1e-6
+    kwargs = {"hidden_size": M * BASE, "num_layers": 2, "optimizer": optimizer, "eps": eps}
+    scaled = make_model(eps_scaling=True, **kwargs)
+    got = eps_by_name(optimizer_of(scaled), scaled.net)
+    for name, cls in CLASS_OF.items():
+        assert got[name] == pytest.approx(eps * TABLE_MUP[cls][2], rel=1e-12), name
+    assert got["layers.0.weight_hh_l0"] == pytest.approx(eps / M)  # hidden: eps / m_in
+    # Off (the default), under SP, or at the base width: every parameter keeps eps.
+    for model in (
+        make_model(**kwargs),
+        make_model(eps_scaling=True, parametrization="sp", **kwargs),
+        make_model(eps_scaling=True, **{**kwargs, "hidden_size": BASE}),
+    ):
+        assert set(eps_by_name(optimizer_of(model), model.net).values()) == {eps}
+
+
+def test_multipliers_of_one_keep_the_groups():
+    # Explicit multipliers of 1 and eps_scaling off build the very groups of the defaults
+    # (same parameters, order, lr, wd), so runs and checkpoints are as before.
+    def groups(**kwargs):
+        model = make_model(hidden_size=M * BASE, num_layers=2, **kwargs)
+        names = {id(p): n for n, p in model.net.named_parameters()}
+        opt = optimizer_of(model)
+        return [
+            ([names[id(p)] for p in g["params"]], g["lr"], g["weight_decay"], g["eps"])
+            for g in opt.param_groups
+        ]
+
+    ones = {f"{c}_lr_mult": 1.0 for c in par.LR_MULT_CLASSES}
+    assert groups(**ones, eps_scaling=False) == groups()
+    assert len(groups(input_lr_mult=2.0)) == len(groups()) + 1  # input splits from output
