@@ -212,7 +212,8 @@ def test_the_schema_doc_lists_every_key_of_studies_json(tuned):
     doc = json.loads((tuned[0] / "studies.json").read_text(encoding="utf-8"))
     page = (ROOT / "docs" / "result_schema.md").read_text(encoding="utf-8")
     section = page.split("## `studies.json`", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\s*- `(\w+)`", section, flags=re.M))
+    prose = section.split("```json", 1)[1].split("```", 1)[1]  # below the example
+    listed = set(re.findall(r"`(\w+)`", prose))
     assert keys_of(doc) - listed == set()
 
 
@@ -241,7 +242,8 @@ def test_a_slice_plot_per_study_one_panel_per_hyperparameter(tuned, tmp_path):
 def test_without_studies_or_transfers_no_studies_json(tmp_path, fake_runs):
     fake_runs.write_result(tmp_path, "G", "x")
     out = write_report(tmp_path)
-    assert not (tmp_path / "studies.json").exists() and out["studies"]["files"] == {}
+    assert not (tmp_path / "studies.json").exists() and not list(tmp_path.glob("slice_*"))
+    assert out["studies"]["studies"] == out["studies"]["transfers"] == []
     assert "## Studies" not in out["report_md"].read_text(encoding="utf-8")
 
 
