@@ -173,7 +173,8 @@ def plot_slices(study: dict, out: str | os.PathLike | BinaryIO) -> list[dict]:
     """A study's slice plot as a PNG into ``out``: its objective against each
     hyperparameter, one panel each, for the complete trials (``studies.read_study``); a
     star marks the best. A log range of the space gets a log x-axis; a choice is a
-    position per value. Returns per panel: key, scale (log, linear or categorical), points.
+    position per value; a loss above the robust top (``y_limits``) is an open triangle on
+    it. Returns per panel: key, scale (log, linear or categorical), points, clipped.
     """
     keys = list(study["space"]) or sorted({k for t in study["trials"] for k in t["params"]})
     done = [t for t in study["trials"] if t["state"] == "complete" and t["value"] is not None]
@@ -198,7 +199,7 @@ def plot_slices(study: dict, out: str | os.PathLike | BinaryIO) -> list[dict]:
 
 def _slice_panel(ax: Axes, key: str, dist: dict, trials: list[dict]) -> dict:
     """One hyperparameter's panel: a dot per complete trial, the best as a star."""
-    values = [t["params"].get(key) for t in trials]
+    values, clipped = [t["params"].get(key) for t in trials], 0
     losses = np.array([t["value"] for t in trials], dtype=float)  # (T,)
     numeric = "choices" not in dist and all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in values
@@ -220,10 +221,15 @@ def _slice_panel(ax: Axes, key: str, dist: dict, trials: list[dict]) -> dict:
     ax.set_title(key)
     ax.set_xlabel(key)
     ax.grid(alpha=0.3)
-    if trials:
-        ax.plot(x, losses, "o", color="tab:blue", alpha=0.6, ms=5)
+    if trials:  # a robust top, as the transfer plot's: a huge loss is an open triangle there
+        low, top = y_limits([{"mean": losses, "lo": losses}])
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.08 * (top - low))
+        kept = losses <= top
+        clipped = int((~kept).sum())
+        ax.plot(x[kept], losses[kept], "o", color="tab:blue", alpha=0.6, ms=5)
+        ax.plot(x[~kept], np.full((~kept).sum(), top), "^", color="tab:blue", mfc="white", ms=7)
         best = int(np.argmin(losses))
         ax.plot(x[best], losses[best], "*", color="tab:orange", mec="black", ms=14)
     else:
         ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center")
-    return {"key": key, "scale": scale, "points": len(trials)}
+    return {"key": key, "scale": scale, "points": len(trials), "clipped": clipped}

@@ -233,10 +233,17 @@ def test_a_slice_plot_per_study_one_panel_per_hyperparameter(tuned, tmp_path):
         assert 400 <= width <= 3000 and 200 <= height <= 2000
     assert "![slice plot of s](slice_s.png)" in out["report_md"].read_text(encoding="utf-8")
     meta = plot_slices(by_name(out)["s"], tmp_path / "p.png")
-    assert [(m["key"], m["scale"], m["points"]) for m in meta] == [
-        ("learning_rate", "log", 12), ("init_std", "linear", 12),
-        ("readout_zero_init", "categorical", 12),
+    assert [(m["key"], m["scale"], m["points"], m["clipped"]) for m in meta] == [
+        ("learning_rate", "log", 12, 0), ("init_std", "linear", 12, 0),
+        ("readout_zero_init", "categorical", 12, 0),
     ]  # fmt: skip
+
+
+def test_the_slice_plot_clips_a_huge_loss(tuned, tmp_path):
+    study = json.loads(json.dumps(by_name(tuned[1])["s"]))
+    study["trials"][5]["value"] = 1.0e30  # a trial that all but diverged
+    meta = plot_slices(study, tmp_path / "p.png")
+    assert [m["clipped"] for m in meta] == [1, 1, 1]
 
 
 def test_without_studies_or_transfers_no_studies_json(tmp_path, fake_runs):
