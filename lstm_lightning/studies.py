@@ -38,8 +38,11 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from lstm_lightning.results import finite
-from lstm_lightning.study import DEFINITION, JOURNAL, label
 from lstm_lightning.tables import fmt, markdown_table
+
+# A study's files and trial labels as ``study`` writes them (tests check they agree); not
+# imported from there, because study needs fit and Lightning, and this is pure analysis.
+DEFINITION, JOURNAL = "study.yaml", "study.journal"
 
 SCHEMA = 1  # studies.json's schema version
 SUFFIX = ".transfer"  # a transfer group's name ends with it
@@ -110,6 +113,10 @@ def load_trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     except KeyError:
         raise ValueError(f"{path} holds no study named {name}") from None
     return study.get_trials(deepcopy=False)
+
+
+def label(number: int) -> str:
+    return f"trial_{number:04d}"
 
 
 def _rank(t: optuna.trial.FrozenTrial) -> tuple:

@@ -9,12 +9,14 @@ import json
 import math
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lstm_lightning import report, studies
+from lstm_lightning import report, studies, study
 from lstm_lightning.plots import plot_slices
 from lstm_lightning.report import write_report
 from tests.conftest import TINY_BASE, run_cli
@@ -259,6 +261,16 @@ def test_main_prints_each_study_and_transfer(tuned, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "\nStudy s\n" in printed and "\nTransfer s.transfer\n" in printed
     assert printed.rstrip().endswith(str(tmp_path / "studies.json"))
+
+
+def test_the_analysis_reads_what_tune_writes_and_draws_nothing():
+    assert (studies.DEFINITION, studies.JOURNAL) == (study.DEFINITION, study.JOURNAL)
+    assert studies.label(7) == study.label(7) and studies.label(12345) == study.label(12345)
+    # pure: importing it loads neither a plotting library nor Lightning
+    code = "import sys, lstm_lightning.studies as s; print(sorted({'matplotlib', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 # --- a tiny real study ----------------------------------------------------------------------
