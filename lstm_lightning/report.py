@@ -359,7 +359,7 @@ def _studies(runs_dir: str | os.PathLike, results: list[dict], out: Path) -> dic
     """The studies and transfers below runs_dir: ``studies``, ``transfers`` (data),
     ``warnings``, ``text`` (what the CLI prints), ``markdown`` (report.md's sections) and
     ``files`` (path -> bytes or text: studies.json and each slice plot; none without a
-    study or a transfer)."""
+    study or a transfer; write_report writes and drops them) and ``written``, their paths."""
     found, notes = studies.read_studies(runs_dir, results)
     transfers = studies.transfer_tables(results, found)
     pngs = {s["study"]: f"slice_{s['study']}.png" for s in found}
@@ -372,7 +372,8 @@ def _studies(runs_dir: str | os.PathLike, results: list[dict], out: Path) -> dic
         files[out / STUDIES_JSON] = studies.studies_json(found, transfers, runs_dir, notes)
     md = "\n".join(studies.markdown(found, transfers, notes, pngs)) if files else ""
     return {"studies": found, "transfers": transfers, "warnings": notes, "files": files,
-            "text": studies.text(found, transfers), "markdown": md}  # fmt: skip
+            "text": studies.text(found, transfers), "markdown": md,
+            "written": sorted(files)}  # fmt: skip
 
 
 def main(*, runs_dir: str = "runs", out_dir: str | None = None) -> int:
@@ -392,8 +393,6 @@ def main(*, runs_dir: str = "runs", out_dir: str | None = None) -> int:
     print("\n" + out["transfer_text"])
     if out["studies"]["text"]:
         print(out["studies"]["text"])
-    written = [str(out[key]) for key in OUTPUTS]
-    if out["studies"]["studies"] or out["studies"]["transfers"]:
-        written.append(str(Path(out["report_md"]).with_name(STUDIES_JSON)))
-    print(f"\nwrote {', '.join(written)}")
+    written = [*(out[key] for key in OUTPUTS), *out["studies"]["written"]]
+    print(f"\nwrote {', '.join(map(str, written))}")
     return 0

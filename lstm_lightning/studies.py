@@ -248,6 +248,10 @@ def _cost(seconds: float | None) -> str:
     return fmt(seconds, ",.0f")
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _params(params: dict) -> str:
     return ", ".join(f"{k}={fmt(v, '.4g')}" for k, v in params.items())
 
@@ -259,9 +263,9 @@ def study_lines(s: dict) -> list[str]:
     lines = [
         f"Proxy width {proxy.get('hidden_size')} (base {proxy.get('base_hidden_size')}, "
         f"{proxy.get('parametrization')}); sampler {s['sampler']}, seed {s['seed']}; "
-        f"objective {s['objective']}; {len(s['trials'])} trials ({counts or 'none yet'}).",
+        f"objective {s['objective']}; {_n(len(s['trials']), 'trial')} ({counts or 'none yet'}).",
         f"Tuning compute: {_cost(s['tuning_core_seconds'])} core-seconds over "
-        f"{s['tuning_runs']} trial runs.",
+        f"{_n(s['tuning_runs'], 'trial run')}.",
     ]
     best = s["best"]
     if best is None:
@@ -282,7 +286,7 @@ def study_section(s: dict, slice_png: str) -> list[str]:
     lines = [f"### Study `{s['study']}`", "", *study_lines(s), ""]
     if body:
         lines += [
-            f"Top {min(TOP, len(body))} trials, best first:",
+            f"Top {_n(min(TOP, len(body)), 'trial')}, best first:",
             "",
             markdown_table(header, body),
         ]
