@@ -245,7 +245,8 @@ def studies_json(studies: list[dict], transfers: list[dict], runs_dir, notes: li
 
 
 def _cost(seconds: float | None) -> str:
-    return fmt(seconds, ",.0f")
+    """Core-seconds: whole above 100, else to a tenth (a tiny study's trials take seconds)."""
+    return fmt(seconds, ",.0f" if seconds is not None and seconds >= 100 else ".1f")
 
 
 def _n(count: int, word: str) -> str:
