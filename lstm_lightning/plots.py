@@ -1,4 +1,5 @@
-"""The transfer plot: validation loss against log2 learning rate, a curve per width.
+"""The transfer plot (validation loss against log2 learning rate, a curve per width) and a
+study's slice plot (``plot_slices``: its objective against each hyperparameter).
 
 ``plot_transfer`` draws it (matplotlib's Agg canvas: no display needed) from the numbers
 of ``transfer``; nothing else in the project imports matplotlib.
@@ -163,3 +164,72 @@ def _legend(fig: Figure, colors: dict) -> None:
         Line2D([], [], ls="", marker="x", color="0.3", ms=7, mew=1.8, label="diverged"),
     ]
     fig.legend(handles=handles, title="width", loc="outside right upper", fontsize="small")
+
+
+# --- a study's slice plot -----------------------------------------------------------------
+
+
+def plot_slices(study: dict, out: str | os.PathLike | BinaryIO) -> list[dict]:
+    """A study's slice plot as a PNG into ``out``: its objective against each
+    hyperparameter, one panel each, for the complete trials (``studies.read_study``); a
+    star marks the best. A log range of the space gets a log x-axis; a choice is a
+    position per value; a loss above the robust top (``y_limits``) is an open triangle on
+    it. Returns per panel: key, scale (log, linear or categorical), points, clipped.
+    """
+    keys = list(study["space"]) or sorted({k for t in study["trials"] for k in t["params"]})
+    done = [t for t in study["trials"] if t["state"] == "complete" and t["value"] is not None]
+    cols = max(1, min(len(keys), 3))
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig = Figure(figsize=(4.0 * cols, 3.2 * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg draws off-screen: no display needed
+    grid = fig.subplots(rows, cols, squeeze=False)  # (rows, cols) of Axes
+    fig.suptitle(f"study {study['study']}: {study['objective']} per hyperparameter")
+    meta = []
+    for i, ax in enumerate(grid.flat):
+        if i >= len(keys):
+            fig.delaxes(ax)
+            continue
+        meta.append(_slice_panel(ax, keys[i], study["space"].get(keys[i]) or {}, done))
+        ax.set_ylabel(study["objective"])
+    if not keys:
+        grid[0, 0].text(0.5, 0.5, "no hyperparameters", transform=grid[0, 0].transAxes)
+    fig.savefig(out, format="png", dpi=DPI)
+    return meta
+
+
+def _slice_panel(ax: Axes, key: str, dist: dict, trials: list[dict]) -> dict:
+    """One hyperparameter's panel: a dot per complete trial, the best as a star."""
+    values, clipped = [t["params"].get(key) for t in trials], 0
+    losses = np.array([t["value"] for t in trials], dtype=float)  # (T,)
+    numeric = "choices" not in dist and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    )
+    if numeric:
+        x = np.array(values, dtype=float)  # (T,)
+        scale = "log" if dist.get("log") else "linear"
+        ax.set_xscale(scale)
+    else:
+        choices = [
+            *dist.get("choices", []),
+            *[v for v in values if v not in dist.get("choices", [])],
+        ]
+        choices = list(dict.fromkeys(choices))  # in the space's order, unknowns after
+        x = np.array([choices.index(v) for v in values], dtype=float)
+        ax.set_xticks(range(len(choices)), [str(c) for c in choices])
+        ax.set_xlim(-0.5, len(choices) - 0.5)
+        scale = "categorical"
+    ax.set_title(key)
+    ax.set_xlabel(key)
+    ax.grid(alpha=0.3)
+    if trials:  # a robust top, as the transfer plot's: a huge loss is an open triangle there
+        low, top = y_limits([{"mean": losses, "lo": losses}])
+        ax.set_ylim(low - 0.05 * (top - low), top + 0.08 * (top - low))
+        kept = losses <= top
+        clipped = int((~kept).sum())
+        ax.plot(x[kept], losses[kept], "o", color="tab:blue", alpha=0.6, ms=5)
+        ax.plot(x[~kept], np.full((~kept).sum(), top), "^", color="tab:blue", mfc="white", ms=7)
+        best = int(np.argmin(losses))
+        ax.plot(x[best], losses[best], "*", color="tab:orange", mec="black", ms=14)
+    else:
+        ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center")
+    return {"key": key, "scale": scale, "points": len(trials), "clipped": clipped}

@@ -30,11 +30,24 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from lstm_lightning import studies
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import write_atomic
-from lstm_lightning.plots import plot_transfer
-from lstm_lightning.results import FIELDS, FILE, HPARAMS, METRICS, OBJ, STATUSES, ResultError
+from lstm_lightning.plots import plot_slices, plot_transfer
+from lstm_lightning.results import (
+    FIELDS,
+    FILE,
+    HPARAMS,
+    METRICS,
+    OBJ,
+    STATUSES,
+    ResultError,
+    finite,
+)
 from lstm_lightning.results import read as read_result
+from lstm_lightning.tables import fmt as _fmt
+from lstm_lightning.tables import is_number as _is_number
+from lstm_lightning.tables import markdown_table
 from lstm_lightning.transfer import (
     MUP_DRIFT_MAX,
     SP_DRIFT_MIN,
@@ -63,6 +76,7 @@ CSV_COLUMNS = ("group", "label", "status", *HPARAMS, *_METRIC_COLUMNS, *_TOP_COL
 
 # What write_report writes, in order: the file name is the key with "_" -> ".".
 OUTPUTS = ("results_csv", "report_md", "transfer_png", "transfer_json")
+STUDIES_JSON = "studies.json"  # with studies or transfers: ``studies``
 
 
 # --- reading --------------------------------------------------------------------------
@@ -90,10 +104,6 @@ def load_results(runs_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
         except ResultError as err:
             warnings.append(f"skipped {path}: {err}")
     return found, warnings
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def status_counts(results: Iterable[dict]) -> Counter:
@@ -126,20 +136,6 @@ def summary_line(results: list[dict], skipped: int = 0) -> str:
     return line
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table padded to aligned columns, so it also reads as plain text."""
-    cells = [[_escape(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def _escape(cell: str) -> str:
-    # A "|" or a newline inside a cell would break the table's row.
-    return str(cell).replace("|", "\\|").replace("\n", " ")
-
-
 BEST_LR_HEADER = ["width", "best lr", "log2 best lr", "best val/loss", "seeds"]
 
 
@@ -166,13 +162,6 @@ def format_table(results: list[dict], rows: list[dict] | None = None, skipped: i
     header = ["parametrization", "optimizer", *BEST_LR_HEADER]
     body = [[row["parametrization"], row["optimizer"], *best_lr_cells(row)] for row in rows]
     return summary_line(results, skipped) + "\n\n" + markdown_table(header, body)
-
-
-def _fmt(value: object, spec: str) -> str:
-    """``value`` formatted by ``spec``, an em dash for null, as-is if not a number."""
-    if value is None:
-        return "—"
-    return format(value, spec) if _is_number(value) else str(value)
 
 
 GROUP_HEADER = ["label", "status", "width", "lr", "seed", "val/loss", "best val/loss"]
@@ -315,17 +304,7 @@ def transfer_json(metrics: dict, runs_dir: str | os.PathLike) -> str:
     """``transfer.json``: ``transfer_metrics`` as strict JSON (NaN and +inf become null)."""
     rule = {"mup_drift_max": MUP_DRIFT_MAX, "sp_drift_min": SP_DRIFT_MIN}
     doc = {"schema": TRANSFER_SCHEMA, "runs_dir": str(runs_dir), "rule": rule, **metrics}
-    return json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n"
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return json.dumps(finite(doc), indent=2, allow_nan=False) + "\n"
 
 
 # --- writing --------------------------------------------------------------------------
@@ -333,14 +312,16 @@ def _jsonable(value: object) -> object:
 
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict:
     """Write results.csv, report.md, transfer.png and transfer.json into ``out_dir``
-    (default runs_dir).
+    (default runs_dir); with studies or transfers there, also studies.json and a
+    ``slice_<study>.png`` per study (``studies``, ``plots.plot_slices``).
 
     Returns ``results_csv``, ``report_md``, ``transfer_png``, ``transfer_json`` (paths),
     ``table`` (the best-lr text the CLI prints), ``transfer`` (``transfer_metrics``),
     ``transfer_text`` (its text, which the CLI prints next), ``warnings`` (one line per
-    skipped result.json; the CLI prints them) and ``panels`` (the plot's per-panel
-    metadata). Raises ``ConfigError`` when there is no result.json, or none is readable,
-    or when a folder given is a file or ``out_dir`` cannot be made.
+    skipped result.json or study; the CLI prints them), ``panels`` (the plot's per-panel
+    metadata) and ``studies`` (``_studies``). Raises ``ConfigError`` when there is no
+    result.json, or none is readable, or when a folder given is a file or ``out_dir``
+    cannot be made.
     """
     out = Path(runs_dir if out_dir is None else out_dir)
     if out_dir is not None and out.exists() and not out.is_dir():
@@ -356,33 +337,62 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     except OSError as err:  # a file in its path, or no permission
         raise ConfigError(f"cannot make out_dir {out}: {err.strerror or err}") from None
     rows, metrics = best_lr_table(results), transfer_metrics(results)
+    found = _studies(runs_dir, results, out)
     paths = {name: out / name.replace("_", ".") for name in OUTPUTS}
     write_atomic(paths["results_csv"], format_csv(results))
-    write_atomic(paths["report_md"], format_markdown(results, rows, warnings, runs_dir, metrics))
+    md = format_markdown(results, rows, warnings, runs_dir, metrics) + found.pop("markdown")
+    write_atomic(paths["report_md"], md)
     png = io.BytesIO()  # drawn in memory, so a failed plot leaves the old file as it was
     panel_meta = plot_transfer(results, png)
     write_atomic(paths["transfer_png"], png.getvalue())
     write_atomic(paths["transfer_json"], transfer_json(metrics, runs_dir))
+    for path, data in found.pop("files").items():
+        write_atomic(path, data)
     table = format_table(results, rows, skipped=len(warnings))
     text = "\n".join(["Learning-rate transfer", "", *transfer_lines(metrics)])
     return {**paths, "table": table, "transfer": metrics, "transfer_text": text,
-            "warnings": warnings, "panels": panel_meta}  # fmt: skip
+            "warnings": warnings + found["warnings"], "panels": panel_meta,
+            "studies": found}  # fmt: skip
+
+
+def _studies(runs_dir: str | os.PathLike, results: list[dict], out: Path) -> dict:
+    """The studies and transfers below runs_dir: ``studies``, ``transfers`` (data),
+    ``warnings``, ``text`` (what the CLI prints), ``markdown`` (report.md's sections) and
+    ``files`` (path -> bytes or text: studies.json and each slice plot; none without a
+    study or a transfer; write_report writes and drops them) and ``written``, their paths."""
+    found, notes = studies.read_studies(runs_dir, results)
+    transfers = studies.transfer_tables(results, found)
+    pngs = {s["study"]: f"slice_{s['study']}.png" for s in found}
+    files: dict[Path, bytes | str] = {}
+    for s in found:
+        png = io.BytesIO()
+        plot_slices(s, png)
+        files[out / pngs[s["study"]]] = png.getvalue()
+    if found or transfers or notes:
+        files[out / STUDIES_JSON] = studies.studies_json(found, transfers, runs_dir, notes)
+    md = "\n".join(studies.markdown(found, transfers, notes, pngs)) if files else ""
+    return {"studies": found, "transfers": transfers, "warnings": notes, "files": files,
+            "text": studies.text(found, transfers), "markdown": md,
+            "written": sorted(files)}  # fmt: skip
 
 
 def main(*, runs_dir: str = "runs", out_dir: str | None = None) -> int:
-    """Summarise a sweep: write the report's four files, print best lrs and transfer verdicts.
+    """Summarise a sweep: write the report's files, print best lrs and transfer verdicts.
 
-    The files: results.csv, report.md, transfer.png and transfer.json.
+    The files: results.csv, report.md, transfer.png and transfer.json; with studies
+    (cli.py tune) or transfers (cli.py transfer), also studies.json and slice_<study>.png.
 
     Args:
         runs_dir: The sweep's folder: every result.json below it is read.
-        out_dir: Where the four files go; default: runs_dir.
+        out_dir: Where the files go; default: runs_dir.
     """
     out = write_report(runs_dir, out_dir)
     for line in out["warnings"]:
         print(f"warning: {line}", file=sys.stderr)
     print(out["table"])
     print("\n" + out["transfer_text"])
-    written = ", ".join(str(out[key]) for key in OUTPUTS)
-    print(f"\nwrote {written}")
+    if out["studies"]["text"]:
+        print(out["studies"]["text"])
+    written = [*(out[key] for key in OUTPUTS), *out["studies"]["written"]]
+    print(f"\nwrote {', '.join(map(str, written))}")
     return 0

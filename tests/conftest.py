@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lstm_lightning.report import write_report
@@ -234,6 +236,77 @@ class FakeRuns:
         return lambda w, s, x: (
             (base or {}).get(w, 2 - 0.01 * math.log2(w)) + 0.05 * (x - optima[w]) ** 2
         )
+
+    # --- studyrep: studies (cli.py tune) and transfers (cli.py transfer), made by hand ---
+
+    SPACE = {
+        "learning_rate": {"low": 1.0e-4, "high": 0.3, "log": True},
+        "init_std": {"low": 0.25, "high": 4.0},
+        "readout_zero_init": {"choices": [True, False]},
+    }
+
+    @staticmethod
+    def schema2(core_seconds: float | None = 10.0, **fields) -> dict:
+        """Schema 2's fields for ``write_result``: one thread, ``core_seconds``."""
+        return {"schema": 2, "resumed_from_step": None, "worker_death": None, "threads": 1,
+                "core_seconds": core_seconds, "study": None, "trial": None, **fields}  # fmt: skip
+
+    @staticmethod
+    def write_study(
+        root: Path, name: str, trials: list[tuple], *, proxy_width: int = 32, space=None
+    ) -> Path:
+        """A study as ``cli.py tune`` leaves it in ``root/name``: study.yaml, an Optuna
+        journal holding ``trials`` ((params, value or None for a failed trial,
+        core_seconds) each, numbered in order, user attr ``label``) and each trial's
+        result.json (a failed trial's as failed)."""
+        space = FakeRuns.SPACE if space is None else space
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        proxy = {"hidden_size": proxy_width, "base_hidden_size": 32, "parametrization": "mup"}
+        definition = {"study": name, "base_config": "base.yaml", "base_config_text": "model: {}\n",
+                      "space": space, "sampler": "random", "seed": 0, "objective": "val/loss",
+                      "transfer": True, "proxy": proxy}  # fmt: skip
+        (folder / "study.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+        dists = {
+            k: optuna.distributions.CategoricalDistribution(d["choices"])
+            if "choices" in d
+            else optuna.distributions.FloatDistribution(
+                d["low"], d["high"], log=d.get("log", False)
+            )
+            for k, d in space.items()
+        }
+        backend = optuna.storages.journal.JournalFileBackend(str(folder / "study.journal"))
+        study = optuna.create_study(
+            study_name=name, storage=optuna.storages.JournalStorage(backend)
+        )
+        for number, (params, value, core_seconds) in enumerate(trials):
+            state = TrialState.FAIL if value is None else TrialState.COMPLETE
+            label = f"trial_{number:04d}"
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions={k: dists[k] for k in params}, value=value,
+                state=state, user_attrs={"label": label}))  # fmt: skip
+            FakeRuns.write_result(
+                root, name, label, width=proxy_width, lr=params.get("learning_rate", 0.01),
+                status="failed" if value is None else "completed", val_loss=value,
+                error="RuntimeError: boom" if value is None else None,
+                **FakeRuns.schema2(core_seconds, study=name, trial=number),
+            )  # fmt: skip
+        return folder
+
+    @staticmethod
+    def write_transfer(
+        root: Path, group: str, losses: dict[int, list], *, core_seconds: float = 100.0
+    ) -> None:
+        """A transfer group's runs ``w<width>_seed<seed>``: ``losses`` maps a width to
+        each seed's final val/loss (None: that seed diverged)."""
+        for width, per_seed in losses.items():
+            for seed, loss in enumerate(per_seed):
+                FakeRuns.write_result(
+                    root, group, f"w{width}_seed{seed}", width=width, seed=seed, val_loss=loss,
+                    status="diverged" if loss is None else "completed",
+                    diverged_at_step=None if loss is not None else 7,
+                    **FakeRuns.schema2(core_seconds),
+                )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
