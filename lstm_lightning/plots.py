@@ -28,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from lstm_lightning.transfer import (
     OPT_ORDER,
@@ -61,8 +62,12 @@ def plot_transfer(results: list[dict], out: str | os.PathLike | BinaryIO) -> lis
     widths = sorted({c["width"] for cs in curves.values() for c in cs})
     colors = width_colors(widths)
     size = (PANEL_SIZE[0] * len(params) + 1.0, PANEL_SIZE[1] * len(opts))  # + 1 in: legend
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=size if curves else PANEL_SIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg draws off-screen: no display needed
+    if not curves:  # only searched runs (tune, transfer): no learning-rate grid to draw
+        fig.text(0.5, 0.5, "no learning-rate sweep in these runs", ha="center", va="center")
+        fig.savefig(out, format="png", dpi=DPI)
+        return []
     grid = fig.subplots(len(opts), len(params), squeeze=False)  # (rows, cols) of Axes
     meta = []
     for i, opt in enumerate(opts):
@@ -208,6 +213,7 @@ def _slice_panel(ax: Axes, key: str, dist: dict, trials: list[dict]) -> dict:
         x = np.array(values, dtype=float)  # (T,)
         scale = "log" if dist.get("log") else "linear"
         ax.set_xscale(scale)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a short log range labels minors too
     else:
         choices = [
             *dist.get("choices", []),

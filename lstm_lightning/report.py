@@ -336,14 +336,15 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in its path, or no permission
         raise ConfigError(f"cannot make out_dir {out}: {err.strerror or err}") from None
-    rows, metrics = best_lr_table(results), transfer_metrics(results)
+    grid = [r for r in results if not studies.is_search_run(r)]  # the lr sweeps
+    rows, metrics = best_lr_table(grid), transfer_metrics(grid)
     found = _studies(runs_dir, results, out)
     paths = {name: out / name.replace("_", ".") for name in OUTPUTS}
     write_atomic(paths["results_csv"], format_csv(results))
     md = format_markdown(results, rows, warnings, runs_dir, metrics) + found.pop("markdown")
     write_atomic(paths["report_md"], md)
     png = io.BytesIO()  # drawn in memory, so a failed plot leaves the old file as it was
-    panel_meta = plot_transfer(results, png)
+    panel_meta = plot_transfer(grid, png)
     write_atomic(paths["transfer_png"], png.getvalue())
     write_atomic(paths["transfer_json"], transfer_json(metrics, runs_dir))
     for path, data in found.pop("files").items():

@@ -50,6 +50,12 @@ TOP = 10  # trials in the report's table
 MIN_IMPORTANCE_TRIALS = 5  # complete trials PED-ANOVA needs to say anything
 
 
+def is_search_run(result: dict) -> bool:
+    """A study's trial or a transfer's run: its learning rate was searched or carried, not
+    swept on a grid, so the learning-rate transfer sections leave it out."""
+    return result.get("study") is not None or result["group"].endswith(SUFFIX)
+
+
 # --- studies --------------------------------------------------------------------------------
 
 

@@ -293,3 +293,13 @@ def test_a_tiny_tune_then_report_lists_the_study(tmp_path):
     assert study["counts"]["complete"] == 3 and study["tuning_runs"] == 3
     assert study["tuning_core_seconds"] > 0
     assert png_size(runs / "slice_tiny.png")[0] > 0
+
+
+def test_searched_runs_stay_out_of_the_learning_rate_sections(tuned):
+    """Trials and transferred runs are not a learning-rate grid: the best-lr table, the
+    lr-transfer metrics and transfer.png leave them out (the plot says there is no sweep)."""
+    root, out = tuned
+    assert out["transfer"]["panels"] == [] and out["panels"] == []
+    assert "| mup" not in out["table"]  # no best-lr row, though every run is muP
+    assert out["transfer_png"].stat().st_size > 1000
+    assert {r["group"] for r in report.load_results(root)[0]} >= {"s", "s.transfer"}
