@@ -73,11 +73,17 @@ NOISE = (
 )
 
 
+# The loggers of rank_zero_info (the litlogger tip) and of seed_everything.
+LOGGERS = ("pytorch.utilities.rank_zero", "fabric.utilities.seed")
+
+
 class _NoTip(logging.Filter):
-    """Drops Lightning's advertisement for its litlogger service, printed on every fit."""
+    """Drops Lightning's advertisement for its litlogger service, printed on every fit, and
+    its "Seed set to 0", printed before a config error's one line (the seed is in the
+    run's config.yaml)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return not re.match(r".*litlogger|Seed set to", record.getMessage(), re.S)
 
 
 @contextlib.contextmanager
@@ -94,13 +100,15 @@ def quiet() -> Iterator[None]:
             warnings.filterwarnings("ignore", message="The `srun` command is available")
         # A NaN loss is reported by the model in one line; torchmetrics would warn per step.
         warnings.filterwarnings("once", message="Encountered `nan` values in tensor")
-        log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # rank_zero_info's
+        logs = [logging.getLogger(f"lightning.{name}") for name in LOGGERS]
         tip = _NoTip()
-        log.addFilter(tip)
+        for log in logs:
+            log.addFilter(tip)
         try:
             yield
         finally:
-            log.removeFilter(tip)
+            for log in logs:
+                log.removeFilter(tip)
 
 
 class LSTMLightningCLI(LightningCLI):
