@@ -312,6 +312,16 @@ def read_text(path: Path) -> str | None:
         return None
 
 
+def read_config(run_dir: Path) -> str | None:
+    """The folder's config.yaml, None when it is missing or damaged (not a YAML mapping):
+    either way the resolved config, which the result's hash vouches for, replaces it."""
+    text = read_text(run_dir / CONFIG)
+    try:
+        return text if isinstance(yaml.safe_load(text or ""), dict) else None
+    except yaml.YAMLError:
+        return None
+
+
 def read_result(run_dir: Path) -> dict | None:
     """The run's result, None when there is none; ResultError when it is unreadable."""
     path = run_dir / results.FILE
@@ -332,7 +342,7 @@ def decide(run: Run) -> None:
     except (results.ResultError, OSError) as err:
         run.action, run.note = unreadable_result(run, err)
         return
-    written = read_text(run.dir / CONFIG)
+    written = read_config(run.dir)
     if result is not None and not same_config(result, run.text, written):
         run.action, run.note = changed(run, written)
     elif result is not None:
@@ -364,7 +374,8 @@ def changed(run: Run, written: str | None) -> tuple[str, str]:
 
 def with_result(run: Run, result: dict, written: str | None) -> tuple[str, str]:
     """A run with a result of this same config."""
-    missing = "; its config.yaml is missing: the sweep writes it again" if written is None else ""
+    missing = "; its config.yaml is missing or damaged: the sweep writes it again"
+    missing = missing if written is None else ""
     if result["status"] == "completed":
         return "skip", f"completed{missing}"
     if run.retry_failed and died(result) and checkpoints(run.dir):

@@ -241,10 +241,10 @@ def sweep(runs: list[Run], job: int, workers: int | None = 1) -> list[Outcome]:
 
 
 def restore_configs(runs: list[Run]) -> None:
-    """Write again the config.yaml of a run whose result stands but whose file is gone:
-    it is what reproduces the run (its result's hash matched this very text)."""
+    """Write again the config.yaml of a run whose result stands but whose file is gone or
+    damaged: it is what reproduces the run (its result's hash matched this very text)."""
     for run in runs:
-        if run.action == "skip" and not (run.dir / folders.CONFIG).exists():
+        if run.action == "skip" and folders.read_config(run.dir) is None:
             try:
                 write_atomic(run.dir / folders.CONFIG, run.text)
             except OSError as err:
