@@ -333,7 +333,10 @@ def plan(run: Run) -> None:
     try:
         decide(run)
     except OSError as err:  # e.g. a file where its folder should be
-        run.action, run.note = "fail", f"cannot read {run.dir} ({err.strerror or err})"
+        run.action, run.note = (
+            "fail",
+            f"cannot read {err.filename or run.dir} ({err.strerror or err})",
+        )
 
 
 def decide(run: Run) -> None:

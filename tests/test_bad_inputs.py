@@ -289,6 +289,14 @@ CASES = [
         then=lambda t: _status(t, "b", "completed"),
     ),
     Case(
+        "11.7 a folder where config.yaml should be (sweep): named, fails only its run",
+        lambda t: t.sweep("--workers", "1"),
+        1,
+        r"failed +g/a: cannot read .*g/a/config\.yaml \(Is a directory\)",
+        setup=lambda t: t.runs("g", "a", "config.yaml").mkdir(parents=True),
+        then=lambda t: _status(t, "b", "completed"),
+    ),
+    Case(
         "11.7 truncated checkpoint (sweep)",
         lambda t: t.sweep("--labels", "a", "--workers", "1"),
         1,
