@@ -264,6 +264,8 @@ def check_config_files(argv: list[str]) -> None:
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     for path in paths:
+        if os.path.isdir(path):
+            raise ConfigError(f"--config: {path} is a folder; give a YAML file")
         if not os.path.isfile(path):
             raise ConfigError(f"--config: {path} does not exist")
         try:
@@ -323,8 +325,9 @@ def check_run(config, subcommand: str | None) -> None:
     check(steps != 0, "trainer.max_steps=0 trains nothing; set the number of steps to take")
     check(
         steps > 0 or trainer.max_epochs is not None or trainer.max_time is not None,
-        "trainer.max_steps is not set, so Lightning would train for 1000 epochs; pass a "
-        "config (--config configs/lstm.yaml) or set --trainer.max_steps",
+        ("trainer.max_steps is not set" if steps == -1 else f"trainer.max_steps={steps}")
+        + ", so Lightning would train for 1000 epochs; pass a config (--config "
+        "configs/lstm.yaml) or set --trainer.max_steps",
     )
     warmup = config.model.warmup_steps
     check(

@@ -175,6 +175,13 @@ CASES = [
         absent=NO_RUN[0],
     ),
     Case(
+        "usual: --config a folder",
+        lambda t: t.fit("--config", str(t.tmp)),
+        2,
+        r"^error: --config: .* is a folder; give a YAML file",
+        absent=NO_RUN[0],
+    ),
+    Case(
         "usual: malformed YAML",
         lambda t: t.fit("--config", t.file("bad.yaml", b"model: [1,\n")),
         2,
@@ -439,6 +446,13 @@ CASES = [
         lambda t: ["fit"],
         2,
         r"^error: trainer\.max_steps is not set, so Lightning would train",
+    ),
+    Case(
+        "11.10 negative max_steps is named, not called unset",
+        lambda t: t.fit("--trainer.max_steps", "-5"),
+        2,
+        r"^error: trainer\.max_steps=-5, so Lightning would train for 1000 epochs",
+        absent=NO_RUN[0],
     ),
     # --- 11.11: the sweep's pre-check sees every run's data and K ----------------------------
     Case(
