@@ -594,3 +594,12 @@ def test_a_nan_in_result_json_is_written_null(tmp_path, capfd):
 
     text = where.runs("g", "nan", "result.json").read_text()
     assert json.loads(text, parse_constant=refuse)["status"] == "diverged"
+
+
+def test_every_test_the_guarantees_page_names_exists():
+    root = Path(__file__).parent.parent
+    page = (root / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"(tests/\w+\.py)::(\w+)", page))
+    assert len(named) > 20
+    for path, name in sorted(named):
+        assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), f"{path}::{name}"
