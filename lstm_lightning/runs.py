@@ -16,6 +16,7 @@ run train once whoever starts it: two sweeps, or SLURM array tasks, on one folde
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -304,22 +305,12 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     return path, step
 
 
-def read_text(path: Path) -> str | None:
-    """The file's text, None when it does not exist."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-
-
 def read_config(run_dir: Path) -> str | None:
-    """The folder's config.yaml, None when it is missing or damaged (not a YAML mapping):
-    either way the resolved config, which the result's hash vouches for, replaces it."""
-    text = read_text(run_dir / CONFIG)
-    try:
-        return text if isinstance(yaml.safe_load(text or ""), dict) else None
-    except yaml.YAMLError:
-        return None
+    """The folder's config.yaml; None when missing or damaged (the sweep rewrites it)."""
+    with contextlib.suppress(FileNotFoundError, yaml.YAMLError):
+        text = (run_dir / CONFIG).read_text(encoding="utf-8")
+        return text if isinstance(yaml.safe_load(text), dict) else None
+    return None
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -377,8 +368,9 @@ def changed(run: Run, written: str | None) -> tuple[str, str]:
 
 def with_result(run: Run, result: dict, written: str | None) -> tuple[str, str]:
     """A run with a result of this same config."""
-    missing = "; its config.yaml is missing or damaged: the sweep writes it again"
-    missing = missing if written is None else ""
+    missing = (
+        "; config.yaml missing or damaged: the sweep writes it again" if written is None else ""
+    )
     if result["status"] == "completed":
         return "skip", f"completed{missing}"
     if run.retry_failed and died(result) and checkpoints(run.dir):
