@@ -135,7 +135,8 @@ def _changed_config(t: Where) -> None:
 
 
 TEXT = ["--data.source", "text", "--data.path"]
-NO_RUN = [lambda t: [t.tmp / "runs"]]  # a refused fit leaves no run folder, no config.yaml
+# A refused fit leaves no run folder, and no config.yaml or lightning_logs where it ran.
+NO_RUN = [lambda t: [t.tmp / "runs", t.tmp / "config.yaml", t.tmp / "lightning_logs"]]
 
 CASES = [
     # --- the usual ---------------------------------------------------------------------
@@ -286,6 +287,7 @@ CASES = [
         r"g/a: left as it is: .*g/a/result\.json is unreadable \(not valid JSON",
         setup=_garbage_result,
         then=lambda t: _status(t, "b", "completed"),
+        slow=True,  # also in tests/test_faults.py
     ),
     Case(
         "11.7 run folder cannot be written (sweep): fails only its run",
@@ -294,6 +296,7 @@ CASES = [
         r"failed +g/a: cannot write into .*g/a",
         setup=_folder_is_a_file,
         then=lambda t: _status(t, "b", "completed"),
+        slow=True,  # also in tests/test_faults.py
     ),
     Case(
         "11.7 a folder where config.yaml should be (sweep): named, fails only its run",
