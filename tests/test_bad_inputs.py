@@ -365,6 +365,15 @@ CASES = [
         r"^error: .*--out.*/o is a file",
     ),
     Case(
+        "11.8 coord-check --out that cannot be made (refused before training)",
+        lambda t: (
+            ["coord-check", "--widths", "16,32", "--steps", "1", "--seeds", "1"]
+            + ["--out", t.file("o", b"") + "/sub"]
+        ),
+        2,
+        r"^error: --out: cannot make .*/o/sub: Not a directory",
+    ),
+    Case(
         "11.8 --ckpt_path a missing file",
         lambda t: t.fit("--ckpt_path", str(t.tmp / "none.ckpt")),
         2,
