@@ -114,6 +114,9 @@ def check_runs_dir(runs_dir: str) -> Path:
     path = Path(runs_dir)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--runs_dir: {runs_dir} is a file; give a folder (new or existing)")
+    above = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not above.is_dir() or not os.access(above, os.W_OK):  # else every run would fail
+        raise ConfigError(f"--runs_dir: cannot make {runs_dir}: {above} is not a writable folder")
     return path
 
 

@@ -353,6 +353,12 @@ CASES = [
         setup=lambda t: t.runs().write_text(""),
     ),
     Case(
+        "11.8 sweep --runs_dir that cannot be made (refused before any run)",
+        lambda t: t.sweep("--runs_dir", t.file("f", b"") + "/runs"),
+        2,
+        r"^error: --runs_dir: cannot make .*/f/runs: .*/f is not a writable folder",
+    ),
+    Case(
         "11.8 report --out_dir names a file",
         lambda t: ["report", "--runs_dir", str(t.tmp), "--out_dir", t.file("out", b"x")],
         2,
