@@ -16,7 +16,6 @@ run train once whoever starts it: two sweeps, or SLURM array tasks, on one folde
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import inspect
@@ -307,10 +306,11 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
 
 def read_config(run_dir: Path) -> str | None:
     """The folder's config.yaml; None when missing or damaged (the sweep rewrites it)."""
-    with contextlib.suppress(FileNotFoundError, yaml.YAMLError):
+    try:
         text = (run_dir / CONFIG).read_text(encoding="utf-8")
         return text if isinstance(yaml.safe_load(text), dict) else None
-    return None
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -324,10 +324,7 @@ def plan(run: Run) -> None:
     try:
         decide(run)
     except OSError as err:  # e.g. a file where its folder should be
-        run.action, run.note = (
-            "fail",
-            f"cannot read {err.filename or run.dir} ({err.strerror or err})",
-        )
+        run.action, run.note = "fail", f"cannot read {err.filename or run.dir} ({err.strerror})"
 
 
 def decide(run: Run) -> None:
@@ -368,9 +365,7 @@ def changed(run: Run, written: str | None) -> tuple[str, str]:
 
 def with_result(run: Run, result: dict, written: str | None) -> tuple[str, str]:
     """A run with a result of this same config."""
-    missing = (
-        "; config.yaml missing or damaged: the sweep writes it again" if written is None else ""
-    )
+    missing = "; config.yaml missing or damaged: written again" if written is None else ""
     if result["status"] == "completed":
         return "skip", f"completed{missing}"
     if run.retry_failed and died(result) and checkpoints(run.dir):
