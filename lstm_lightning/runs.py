@@ -295,8 +295,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
-    """The checkpoint furthest into training, and its global step; CheckpointError when
-    one of them cannot be read."""
+    """The checkpoint furthest into training and its step; CheckpointError if one is unreadable."""
     steps = [(checkpoint_step(p), p) for p in checkpoints(run_dir)]
     if not steps:
         return None
