@@ -64,6 +64,10 @@ def main(
     """
     params, width_list = validate(widths, steps, seeds, parametrization, optimizer, out)
     model_kw, data_kw = load_config(config)
+    try:  # before training, not after it
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out: cannot make {out}: {err.strerror or err}") from None
     model_kw["optimizer"] = optimizer
     if learning_rate is not None:
         model_kw["learning_rate"] = learning_rate

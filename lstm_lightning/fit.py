@@ -73,11 +73,17 @@ NOISE = (
 )
 
 
+# The loggers of rank_zero_info (the litlogger tip) and of seed_everything.
+LOGGERS = ("pytorch.utilities.rank_zero", "fabric.utilities.seed")
+
+
 class _NoTip(logging.Filter):
-    """Drops Lightning's advertisement for its litlogger service, printed on every fit."""
+    """Drops Lightning's advertisement for its litlogger service, printed on every fit, and
+    its "Seed set to 0", printed before a config error's one line (the seed is in the
+    run's config.yaml)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return not re.match(r".*litlogger|Seed set to", record.getMessage(), re.S)
 
 
 @contextlib.contextmanager
@@ -94,13 +100,15 @@ def quiet() -> Iterator[None]:
             warnings.filterwarnings("ignore", message="The `srun` command is available")
         # A NaN loss is reported by the model in one line; torchmetrics would warn per step.
         warnings.filterwarnings("once", message="Encountered `nan` values in tensor")
-        log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # rank_zero_info's
+        logs = [logging.getLogger(f"lightning.{name}") for name in LOGGERS]
         tip = _NoTip()
-        log.addFilter(tip)
+        for log in logs:
+            log.addFilter(tip)
         try:
             yield
         finally:
-            log.removeFilter(tip)
+            for log in logs:
+                log.removeFilter(tip)
 
 
 class LSTMLightningCLI(LightningCLI):
@@ -256,6 +264,8 @@ def check_config_files(argv: list[str]) -> None:
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     for path in paths:
+        if os.path.isdir(path):
+            raise ConfigError(f"--config: {path} is a folder; give a YAML file")
         if not os.path.isfile(path):
             raise ConfigError(f"--config: {path} does not exist")
         try:
@@ -315,8 +325,9 @@ def check_run(config, subcommand: str | None) -> None:
     check(steps != 0, "trainer.max_steps=0 trains nothing; set the number of steps to take")
     check(
         steps > 0 or trainer.max_epochs is not None or trainer.max_time is not None,
-        "trainer.max_steps is not set, so Lightning would train for 1000 epochs; pass a "
-        "config (--config configs/lstm.yaml) or set --trainer.max_steps",
+        ("trainer.max_steps is not set" if steps == -1 else f"trainer.max_steps={steps}")
+        + ", so Lightning would train for 1000 epochs; pass a config (--config "
+        "configs/lstm.yaml) or set --trainer.max_steps",
     )
     warmup = config.model.warmup_steps
     check(

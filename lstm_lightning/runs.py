@@ -303,8 +303,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
-    """The checkpoint furthest into training, and its global step; CheckpointError when
-    one of them cannot be read."""
+    """The checkpoint furthest into training and its step; CheckpointError if one is unreadable."""
     steps = [(checkpoint_step(p), p) for p in checkpoints(run_dir)]
     if not steps:
         return None
@@ -312,11 +311,12 @@ def newest_checkpoint(run_dir: Path) -> tuple[Path, int] | None:
     return path, step
 
 
-def read_text(path: Path) -> str | None:
-    """The file's text, None when it does not exist."""
+def read_config(run_dir: Path) -> str | None:
+    """The folder's config.yaml; None when missing or damaged (the sweep rewrites it)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = (run_dir / CONFIG).read_text(encoding="utf-8")
+        return text if isinstance(yaml.safe_load(text), dict) else None
+    except (FileNotFoundError, yaml.YAMLError):
         return None
 
 
@@ -331,7 +331,7 @@ def plan(run: Run) -> None:
     try:
         decide(run)
     except OSError as err:  # e.g. a file where its folder should be
-        run.action, run.note = "fail", f"cannot read {run.dir} ({err.strerror or err})"
+        run.action, run.note = "fail", f"cannot read {err.filename or run.dir} ({err.strerror})"
 
 
 def decide(run: Run) -> None:
@@ -340,7 +340,7 @@ def decide(run: Run) -> None:
     except (results.ResultError, OSError) as err:
         run.action, run.note = unreadable_result(run, err)
         return
-    written = read_text(run.dir / CONFIG)
+    written = read_config(run.dir)
     if result is not None and not same_config(result, run.text, written):
         run.action, run.note = changed(run, written)
     elif result is not None:
@@ -372,7 +372,7 @@ def changed(run: Run, written: str | None) -> tuple[str, str]:
 
 def with_result(run: Run, result: dict, written: str | None) -> tuple[str, str]:
     """A run with a result of this same config."""
-    missing = "; its config.yaml is missing: the sweep writes it again" if written is None else ""
+    missing = "; config.yaml missing or damaged: written again" if written is None else ""
     if result["status"] == "completed":
         return "skip", f"completed{missing}"
     if run.retry_failed and died(result) and checkpoints(run.dir):

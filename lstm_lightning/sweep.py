@@ -114,6 +114,9 @@ def check_runs_dir(runs_dir: str) -> Path:
     path = Path(runs_dir)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--runs_dir: {runs_dir} is a file; give a folder (new or existing)")
+    above = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not above.is_dir() or not os.access(above, os.W_OK):  # else every run would fail
+        raise ConfigError(f"--runs_dir: cannot make {runs_dir}: {above} is not a writable folder")
     return path
 
 
@@ -250,10 +253,10 @@ def sweep(runs: list[Run], job: int, workers: int | None = 1) -> list[Outcome]:
 
 
 def restore_configs(runs: list[Run]) -> None:
-    """Write again the config.yaml of a run whose result stands but whose file is gone:
-    it is what reproduces the run (its result's hash matched this very text)."""
+    """Write again the config.yaml of a run whose result stands but whose file is gone or
+    damaged: it is what reproduces the run (its result's hash matched this very text)."""
     for run in runs:
-        if run.action == "skip" and not (run.dir / folders.CONFIG).exists():
+        if run.action == "skip" and folders.read_config(run.dir) is None:
             try:
                 write_atomic(run.dir / folders.CONFIG, run.text)
             except OSError as err:

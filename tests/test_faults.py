@@ -94,6 +94,25 @@ def test_a_deleted_config_yaml_of_a_completed_run_is_written_again(project):
     assert config.read_text() == text and stamp(project, "a") == before
 
 
+@pytest.mark.parametrize("result", ["kept", "deleted"])
+def test_a_damaged_config_yaml_is_written_again_and_the_sweep_goes_on(project, capsys, result):
+    # A damaged config.yaml crashed planning (and --dry_run) with a YAML traceback when the
+    # run had a checkpoint and no result; with a result it stayed damaged, unnoticed.
+    assert main(project.args()) == 0
+    config = project.runs / "g" / "a" / "config.yaml"
+    text, before = config.read_text(), stamp(project, "a")
+    config.write_text("model: [unclosed\n")
+    if result == "deleted":
+        (project.runs / "g" / "a" / "result.json").unlink()
+    capsys.readouterr()
+    assert main(project.args("--dry_run")) == 0
+    assert main(project.args()) == 0
+    assert "Traceback" not in "".join(capsys.readouterr())
+    assert config.read_text() == text
+    assert project.result("g", "a")["status"] == "completed"
+    assert (stamp(project, "a") == before) == (result == "kept")
+
+
 def test_a_deleted_result_with_a_final_checkpoint_reruns_from_the_start(project):
     assert main(project.args("--labels", "a")) == 0
     first = project.result("g", "a")
