@@ -277,7 +277,9 @@ def test_the_analysis_reads_what_tune_writes_and_draws_nothing():
 
 
 @pytest.mark.slow
-def test_a_tiny_tune_then_report_lists_the_study(tmp_path):
+def test_a_tiny_tune_transfer_and_report_run_end_to_end(tmp_path):
+    """The README's three commands on a tiny proxy: tune, carry the best trial to two
+    wider widths, and report the study and the transfer."""
     base, space = tmp_path / "base.yaml", tmp_path / "space.yaml"
     base.write_text(yaml.safe_dump(TINY_BASE))
     space.write_text(yaml.safe_dump({"learning_rate": {"low": 1e-3, "high": 0.1, "log": True}}))
@@ -285,6 +287,11 @@ def test_a_tiny_tune_then_report_lists_the_study(tmp_path):
     tune = ["tune", "--config", str(base), "--space", str(space), "--study", "tiny"]
     done = run_cli(*tune, "--trials", "3", "--runs_dir", str(runs), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    carry = ["transfer", "--study", "tiny", "--widths", "24,32", "--seeds", "0"]
+    done = run_cli(*carry, "--runs_dir", str(runs), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    best = yaml.safe_load((runs / "tiny" / "best.yaml").read_text(encoding="utf-8"))
+    assert set(best["model"]) >= {"learning_rate", "base_hidden_size"}
     shown = run_cli("report", "--runs_dir", str(runs), timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "\nStudy tiny\n" in shown.stdout and "Best trial: " in shown.stdout
@@ -293,6 +300,9 @@ def test_a_tiny_tune_then_report_lists_the_study(tmp_path):
     assert study["counts"]["complete"] == 3 and study["tuning_runs"] == 3
     assert study["tuning_core_seconds"] > 0
     assert png_size(runs / "slice_tiny.png")[0] > 0
+    (transfer,) = doc["transfers"]
+    assert transfer["study_found"] and transfer["proxy_width"] == TINY_BASE["model"]["hidden_size"]
+    assert [w["width"] for w in transfer["widths"]] == [24, 32]
 
 
 def test_searched_runs_stay_out_of_the_learning_rate_sections(tuned):
