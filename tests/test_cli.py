@@ -400,6 +400,7 @@ def test_validate_refuses_a_model_flag_the_checkpoint_would_ignore(tiny, tmp_pat
     assert f"--config {run / 'config.yaml'}" in line
 
 
+@pytest.mark.slow
 def test_importing_the_cli_installs_no_warning_filter():
     # Lightning's and torch's own filters first; then ours must add none (quiet() scopes them).
     code = (

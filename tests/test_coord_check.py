@@ -67,6 +67,7 @@ def run(config, tmp_path_factory):
     return code, out, records
 
 
+@pytest.mark.slow
 def test_mup_slopes_flat(run):
     table = cc.slopes(run[2])
     for layer in LAYERS:

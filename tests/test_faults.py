@@ -35,6 +35,7 @@ def error_lines(err: str) -> list[str]:
 # --- 11.1: the hash covers the config, not where the folder is ----------------------------
 
 
+@pytest.mark.slow
 def test_a_relative_then_absolute_or_moved_runs_dir_skips_completed_runs(
     project, tmp_path, monkeypatch, capsys
 ):
@@ -73,6 +74,7 @@ def test_results_hashed_the_old_way_are_accepted_even_after_a_move(project, tmp_
     assert stamp(project, "a", moved) == before
 
 
+@pytest.mark.slow
 def test_force_reruns_only_the_runs_whose_config_changed(project, capsys):
     assert main(project.args()) == 0
     kept = stamp(project, "b")
@@ -94,6 +96,7 @@ def test_a_deleted_config_yaml_of_a_completed_run_is_written_again(project):
     assert config.read_text() == text and stamp(project, "a") == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("result", ["kept", "deleted"])
 def test_a_damaged_config_yaml_is_written_again_and_the_sweep_goes_on(project, capsys, result):
     # A damaged config.yaml crashed planning (and --dry_run) with a YAML traceback when the
@@ -240,6 +243,7 @@ def test_a_diverged_result_is_strict_json_and_the_end_points_at_the_report(proje
     assert f"python cli.py report --runs_dir {project.runs}" in err
 
 
+@pytest.mark.slow
 def test_no_srun_hint_outside_a_slurm_job(project, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -304,6 +308,7 @@ def test_a_lock_left_by_a_killed_process_is_free(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow
 def test_a_run_another_sweep_holds_waits_until_the_others_are_done(project, capsys):
     holder = hold_lock(project.runs / "g" / "a", 3)
     try:

@@ -277,6 +277,7 @@ def _one_run(parametrization, optimizer, width, seed, train, probe) -> dict[str,
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("site", SITES)
 def test_mup_activations_width_invariant(optimizer, site):
@@ -284,6 +285,7 @@ def test_mup_activations_width_invariant(optimizer, site):
     assert max(values) / min(values) < MUP_SPREAD, values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_sp_logits_grow_with_width(optimizer):
     logits = [activation_scales("sp", optimizer)[w]["logits"] for w in WIDTHS]

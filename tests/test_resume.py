@@ -39,6 +39,7 @@ def assert_continues(resumed, whole, name: str) -> None:
     assert scalars(resumed)["train/loss"][-1] == scalars(whole)["train/loss"][-1], name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_batch", ["1", "4"])
 @pytest.mark.parametrize("batching", ["windows", "contiguous"])
 def test_resume_mid_epoch_equals_an_uninterrupted_run(fit, batching, steps_per_batch):
@@ -69,6 +70,7 @@ def as_automatic_optimization(path, out) -> None:
     torch.save(ckpt, out)
 
 
+@pytest.mark.slow
 def test_resume_with_another_k_or_from_automatic_optimization(fit, tmp_path):
     whole = fit("whole", 40, "--data.steps_per_batch", "1")
     every = ["--checkpoint.save_top_k", "-1", "--checkpoint.every_n_train_steps", "32"]

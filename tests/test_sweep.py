@@ -193,6 +193,7 @@ def test_sweep_writes_one_folder_per_run_and_fit_reproduces_it(project):
     )
 
 
+@pytest.mark.slow
 def test_a_second_sweep_skips_completed_runs_and_refuses_changed_ones(project, capsys):
     assert main(project.args()) == 0
     stamp = (project.runs / "g" / "a" / "result.json").stat().st_mtime_ns
@@ -206,6 +207,7 @@ def test_a_second_sweep_skips_completed_runs_and_refuses_changed_ones(project, c
     assert project.result("g", "a")["hparams"]["learning_rate"] == 0.03
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(project, capsys, tmp_path):
     # A file that is not UTF-8 passes the pre-check (it is there) and fails when it loads.
     (tmp_path / "latin.txt").write_bytes(b"\xff\xfe\xfa" * 100)

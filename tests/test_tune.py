@@ -132,6 +132,7 @@ def claimer(spec: Spec, out: str) -> None:
     Path(out).write_text(json.dumps(mine))
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_study_ask_exactly_n_trials_none_twice(files, tmp_path):
     spec = files.spec(trials=10)
     context = multiprocessing.get_context("spawn")
