@@ -286,6 +286,12 @@ EXPLANATION = """\
 
 def sbatch_script(o: dict[str, Any]) -> str:
     """The script for resolved options (``resolve_options``); pure."""
+    return job_script(o, EXPLANATION, sweep_argv(o))
+
+
+def job_script(o: dict[str, Any], explanation: str, argv: list[str]) -> str:
+    """An array job's script: the #SBATCH lines of ``o``, ``explanation``, then every task
+    running ``srun argv`` (shell-quoted) from ``o["workdir"]`` after ``o["setup"]``."""
     header = ["#!/bin/bash"]
     header += [sbatch_line(*row) for row in sbatch_rows(o) if row[2] is not None]
     body = [
@@ -295,9 +301,9 @@ def sbatch_script(o: dict[str, Any]) -> str:
         # torch would otherwise start a thread per core of the node where tasks are not
         # bound to their cores.
         f"export OMP_NUM_THREADS={o['cpus_per_task']}",
-        f"srun {shlex.join(sweep_argv(o))}",
+        f"srun {shlex.join(argv)}",
     ]
-    return "\n".join([*header, EXPLANATION, *body]) + "\n"
+    return "\n".join([*header, explanation, *body]) + "\n"
 
 
 def script_path(o: dict[str, Any]) -> Path:

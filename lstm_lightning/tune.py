@@ -29,7 +29,6 @@ import inspect
 import math
 import multiprocessing
 import os
-import shlex
 import sys
 import typing
 from pathlib import Path
@@ -329,22 +328,13 @@ def slurm_main(**options: Any) -> int:
 
 def slurm_script(o: dict[str, Any]) -> str:
     """The array's script: every task one ``cli.py tune`` process, one trial at a time."""
-    header = ["#!/bin/bash"]
-    header += [slurm.sbatch_line(*row) for row in slurm.sbatch_rows(o) if row[2] is not None]
     argv = [o["python"], "cli.py", "tune"]
     for name in TUNE_FLAGS:
         if isinstance(o[name], bool):
             argv += [f"--{name}" if o[name] else f"--no_{name}"]
         else:
             argv += [f"--{name}", str(o[name])]
-    body = [
-        "set -euo pipefail",
-        f"cd {shlex.quote(o['workdir'])}",
-        *([o["setup"]] if o["setup"] else []),
-        f"export OMP_NUM_THREADS={o['cpus_per_task']}",
-        f"srun {shlex.join([*argv, '--workers', '1'])}",
-    ]
-    return "\n".join([*header, SLURM_EXPLANATION, *body]) + "\n"
+    return slurm.job_script(o, SLURM_EXPLANATION, [*argv, "--workers", "1"])
 
 
 def _declare_slurm_main() -> None:

@@ -387,9 +387,12 @@ TINY_BASE = {
 }
 
 
-def run_cli(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """``python cli.py ARGS`` in a fresh interpreter, one thread, output captured."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli(
+    *args: str, timeout: float | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python cli.py ARGS`` in a fresh interpreter (environment ``env``, default this
+    one's), one thread, output captured."""
+    env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "cli.py", *args],
         cwd=ROOT,

@@ -27,7 +27,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lstm_lightning.runs import set_path
-from tests.conftest import TINY_BASE, queued, slurm_run, wait_until
+from tests.conftest import TINY_BASE, queued, run_cli, slurm_run, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -89,14 +89,7 @@ def selection(config: Path, defs: Path, runs_dir: Path, experiments: str) -> lis
 
 def cli(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python cli.py ...`` with this interpreter, from the checkout; must succeed."""
-    proc = subprocess.run(
-        [sys.executable, "cli.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_cli(*args, timeout=timeout, env=env)
     assert proc.returncode == 0, f"cli.py {args[0]} exit {proc.returncode}: {proc.stderr[-2000:]}"
     return proc
 
