@@ -243,9 +243,11 @@ def sweep(runs: list[Run], job: int, workers: int | None = 1) -> list[Outcome]:
     size = min(count, cores, len(todo))  # no more processes than can ever run at once
     quiet_lightning()
     how = f"; {size} worker process{'es' * (size > 1)} on {cores} cores" if count > 1 else ""
+    held = sum(r.action == "hold" for r in mine)
+    done = len(mine) - len(todo) - held
     say(
-        f"[sweep] shard {job}: {len(mine)} runs, {len(mine) - len(todo)} already done, "
-        f"{len(todo)} to run{how}"
+        f"[sweep] shard {job}: {len(mine)} runs, {done} already done, "
+        f"{f'{held} left as they are, ' if held else ''}{len(todo)} to run{how}"
     )
     if count == 1:
         return sequential(todo, threads)

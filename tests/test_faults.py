@@ -167,6 +167,7 @@ def test_a_garbage_result_json_is_named_and_the_sweep_goes_on(project, capsys):
     assert main(project.args()) == 1
     err = capsys.readouterr().err
     assert f"g/a: left as it is: {garbage} is unreadable (not valid JSON" in err
+    assert "2 runs, 0 already done, 1 left as they are, 1 to run" in err  # held is not done
     assert garbage.read_text() == "{not json"  # kept: it is the user's to look at
     assert project.result("g", "b")["status"] == "completed"
     assert main(project.args("--force")) == 0  # --force reruns it
