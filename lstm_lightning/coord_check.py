@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentError
 
+from lstm_lightning import subnormal
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check
 from lstm_lightning.files import write_atomic
@@ -73,13 +74,14 @@ def main(
         model_kw["learning_rate"] = learning_rate
     batches, vocab_size = fixed_batches(data_kw, steps + 1)
     model_kw["vocab_size"] = vocab_size
-    records = [
-        r
-        for p in params
-        for w in width_list
-        for seed in range(seeds)
-        for r in measure(model_kw, p, w, seed, batches[:steps], batches[steps])
-    ]
+    with subnormal.flushed(model_kw["flush_subnormals"]):  # as a Trainer's run would
+        records = [
+            r
+            for p in params
+            for w in width_list
+            for seed in range(seeds)
+            for r in measure(model_kw, p, w, seed, batches[:steps], batches[steps])
+        ]
     write_outputs(Path(out), records)
     table = slopes(records)
     print(format_slopes(table))

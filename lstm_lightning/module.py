@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
-from lstm_lightning import checkpoints, divergence, fused, ranges
+from lstm_lightning import checkpoints, divergence, fused, ranges, subnormal
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
 from lstm_lightning.fused import idle_wrappers
@@ -86,6 +86,9 @@ class LanguageModel(L.LightningModule):
         warmup_steps: Steps of linear learning-rate warm-up.
         carry_state: Carry the LSTM state across batches (TBPTT); the CLI sets it from
             ``data.batching``.
+        flush_subnormals: Compute floats below 1.2e-38 as zero, on every CPU thread, while
+            the run trains (``lstm_lightning.subnormal``): saturated gates make them, and
+            the CPU's slow path on them made such runs 20x slower. Nothing on a GPU.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class LanguageModel(L.LightningModule):
         schedule: Schedule = "constant",
         warmup_steps: NonNegativeInt = 0,
         carry_state: bool = False,
+        flush_subnormals: bool = True,
     ):
         super().__init__()
         # The parser checks the range types on every command-line path; a model built in
@@ -232,6 +236,12 @@ class LanguageModel(L.LightningModule):
         wanted = (fused.FusedSteps, checkpoints.SafeCheckpoints)
         have = self.trainer.callbacks
         return [kind() for kind in wanted if not any(isinstance(c, kind) for c in have)]
+
+    def setup(self, stage: str) -> None:  # fit, validate, test: each run sets its own
+        self._subnormals_before = subnormal.set_flush(self.hparams.flush_subnormals)
+
+    def teardown(self, stage: str) -> None:  # the process's threads as they were
+        subnormal.set_flush(self._subnormals_before)
 
     def on_train_start(self) -> None:
         self._direct = idle_wrappers(self.trainer, self)
