@@ -61,7 +61,8 @@ def test_docstrings_skip_test_folders_and_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("size", ["0", "-5", str(10**12)])
-def test_impossible_sizes_are_one_line(tmp_path, size):
+def test_impossible_sizes_are_one_line(tmp_path, size, monkeypatch):
+    monkeypatch.setattr(prose_corpus, "docstrings", lambda lib: iter([]))  # topics only: fast
     with pytest.raises(SystemExit) as err:
         prose_corpus.main(["--out", str(tmp_path / "x.txt"), "--bytes", size])
     assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
