@@ -32,6 +32,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,13 +51,14 @@ CORPORA = {  # name -> (base config, script that writes its data)
     "stdlib": ("configs/study/stdlib.yaml", "scripts/stdlib_corpus.py"),
     "prose": ("configs/study/prose.yaml", "scripts/prose_corpus.py"),
 }
-SPACE, ARM_D_DEFS = "configs/space_lstm.yaml", "configs/study/arm_d.py"
+ARM_D_DEFS = "configs/study/arm_d.py"
 D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
 # name, environment variable, default, help
 SETTINGS = (
     ("runs", "STUDY_RUNS", "runs/study/mutransfer", "the study's runs folder (outside git)"),
     ("corpora", "STUDY_CORPORA", "stdlib,prose", "corpora, in order (stdlib, prose)"),
     ("steps", "STUDY_STEPS", "1000", "training horizon of every run (even: val at half too)"),
+    ("space", "STUDY_SPACE", "configs/space_lstm.yaml", "the search space of every study"),
     ("workers", "STUDY_WORKERS", "auto", "--workers of every command (a number or auto)"),
     ("proxy_width", "STUDY_PROXY_WIDTH", "32", "the proxy's width = base_hidden_size"),
     ("proxy_trials", "STUDY_PROXY_TRIALS", "64", "trials of each proxy search (muP, SP)"),
@@ -170,7 +172,7 @@ def proxy_steps(args, corpus: str) -> list[Step]:
     where, out = str(args.runs / corpus), []
     for param in ("mup", "sp"):
         config = str(derived_config(args, corpus, param, args.proxy_width))
-        argv = cli(args, "tune", "--config", config, "--space", SPACE, "--study",
+        argv = cli(args, "tune", "--config", config, "--space", args.space, "--study",
                    f"proxy_{param}", "--trials", str(args.proxy_trials), "--sampler", "random",
                    "--seed", "0", "--runs_dir", where)  # fmt: skip
         out.append(Step(f"{corpus}.proxy_{param}", "proxies", argv, args.proxy_trials,
@@ -212,7 +214,7 @@ def arm_steps(args, corpus: str, width: int) -> list[Step]:
                     "--config", sp, *final), n, width, args.steps))  # fmt: skip
     if width in args.c_widths:
         study = f"direct_sp_w{width}"
-        tune = cli(args, "tune", "--config", sp, "--space", SPACE, "--study", study, "--trials",
+        tune = cli(args, "tune", "--config", sp, "--space", args.space, "--study", study, "--trials",
                    str(args.c_trials), "--sampler", "random", "--seed", "0", "--runs_dir", where)  # fmt: skip
         out.append(
             Step(f"{corpus}.w{width}.C_search", phase, tune, args.c_trials, width, args.steps)
@@ -305,12 +307,27 @@ def say(line: str) -> None:
 
 
 def run_command(argv: list[str]) -> int:
-    """The command's exit status; Ctrl-C or SIGTERM of a command stops the study."""
-    status = subprocess.run(argv, cwd=ROOT).returncode
-    if status in (130, 143, -2, -15):
+    """The command's exit status. Ctrl-C or SIGTERM (to this process or the command) stops
+    the study: the command is told (SIGTERM: its runs save last.ckpt) and waited for."""
+    proc = subprocess.Popen(argv, cwd=ROOT)
+    try:
+        status = proc.wait()
+    except (KeyboardInterrupt, Terminated):
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait()
+        status = 130 if status in (0, 1) else status
+    if status in (130, 143, -signal.SIGINT, -signal.SIGTERM):
         say(f"[study] stopped (status {status}); run the same command again to resume")
         raise SystemExit(130)
     return status
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread so a command in flight is stopped, not orphaned."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated
 
 
 def key(step: Step) -> str:
@@ -335,6 +352,7 @@ def is_done(args, step: Step) -> bool:
 
 
 def run(args) -> int:
+    signal.signal(signal.SIGTERM, on_sigterm)
     failed = []
     for step in plan(args):
         if is_done(args, step):
@@ -569,7 +587,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "summary":
         return summary(args)
-    return run(args)
+    try:
+        return run(args)
+    except (KeyboardInterrupt, Terminated):
+        say("[study] stopped; run the same command again to resume")
+        return 130
 
 
 if __name__ == "__main__":
