@@ -73,7 +73,8 @@ SETTINGS = (
 # characters, measured with the code of the session start (d2415c0); see
 # docs/mutransfer_protocol.md. Other widths scale from the nearest by width^2.
 SECONDS_PER_STEP = {32: 0.0075, 256: 0.20, 512: 0.70}
-RUN_OVERHEAD = 4.0  # core-seconds per run: its start in a worker, two validations, checkpoints
+RUN_OVERHEAD = 4.0  # core-seconds per run: its start in a worker, checkpoints, events
+VAL_STEPS = 22  # two validations of 32 batches, forward only: about 22 training steps' work
 
 
 # --- settings and derived configs -----------------------------------------------------------
@@ -151,7 +152,8 @@ class Step:
     done_if: Callable[[], bool] | None = field(default=None, repr=False)
 
     def cost(self) -> float:
-        return self.runs * (self.steps * seconds_per_step(self.width) + RUN_OVERHEAD)
+        per_run = (self.steps + VAL_STEPS) * seconds_per_step(self.width) + RUN_OVERHEAD
+        return self.runs * per_run if self.steps else 0.0
 
     def text(self) -> str:
         return shlex.join(self.argv) if self.argv else f"(driver) {self.name}"
@@ -495,15 +497,25 @@ def stability(found: list[dict], study: str, steps: int) -> dict:
     return {"study": study, "n": len(full), "spearman_half_full": spearman(half, full)}
 
 
+def trial_losses(found: list[dict], study: str) -> dict[int, float]:
+    """trial number -> final val/loss of a study's completed trials."""
+    return {r["trial"]: r["metrics"]["val/loss"] for r in found if r.get("study") == study
+            and r["status"] == "completed" and r["metrics"].get("val/loss") is not None}  # fmt: skip
+
+
+def agreement(found: list[dict], a: str, b: str) -> dict:
+    """How many trials two studies share and how many of those have the same loss, bit for
+    bit: the muP and SP proxies at the base width must (the same model and optimizer)."""
+    la, lb = trial_losses(found, a), trial_losses(found, b)
+    both = set(la) & set(lb)
+    return {"studies": [a, b], "n": len(both), "equal": sum(la[n] == lb[n] for n in both)}
+
+
 def paired(found: list[dict], proxy: str, target: str) -> dict:
     """The rank correlation of the same trial numbers (the same params: same space,
     sampler and seed) in a proxy study and a study at the target width."""
 
-    def by_trial(study):
-        return {r["trial"]: r["metrics"]["val/loss"] for r in found if r.get("study") == study
-                and r["status"] == "completed" and r["metrics"].get("val/loss") is not None}  # fmt: skip
-
-    a, b = by_trial(proxy), by_trial(target)
+    a, b = trial_losses(found, proxy), trial_losses(found, target)
     both = sorted(set(a) & set(b))
     rho = spearman([a[n] for n in both], [b[n] for n in both])
     return {"proxy": proxy, "target": target, "n": len(both), "spearman": rho}
@@ -523,11 +535,12 @@ def versus(a: dict, other: dict) -> dict | None:
 
 
 def collect(args) -> dict:
-    rows, checks, stable, pairs = [], [], [], []
+    rows, checks, stable, pairs, same = [], [], [], [], []
     for corpus in args.corpora:
         found = load(args.runs / corpus) if (args.runs / corpus).is_dir() else []
         stable += [{"corpus": corpus, **stability(found, f"proxy_{p}", args.steps)}
                    for p in ("mup", "sp")]  # fmt: skip
+        same.append({"corpus": corpus, **agreement(found, "proxy_mup", "proxy_sp")})
         for width in args.widths:
             here = {arm: arm_row(found, corpus, width, arm) for arm in ("A", "B", "C", "D")}
             rows += [row for row in here.values() if row["n_runs"]]
@@ -537,7 +550,8 @@ def collect(args) -> dict:
                 pairs.append({"corpus": corpus, "width": width,
                               **paired(found, "proxy_sp", f"direct_sp_w{width}")})  # fmt: skip
     return {"runs": str(args.runs), "steps": args.steps, "arms": rows, "a_versus": checks,
-            "horizon_stability": stable, "proxy_vs_target_ranking": pairs}  # fmt: skip
+            "horizon_stability": stable, "proxy_vs_target_ranking": pairs,
+            "proxies_agree": same}  # fmt: skip
 
 
 def num(value, spec: str = ".4f") -> str:
@@ -563,6 +577,9 @@ def markdown(doc: dict) -> str:
     for s in doc["horizon_stability"]:
         lines.append(f"- {s['corpus']}, {s['study']}: Spearman half vs full horizon "
                      f"{num(s['spearman_half_full'], '.3f')} over {s['n']} trials")  # fmt: skip
+    for g in doc["proxies_agree"]:
+        lines.append(f"- {g['corpus']}: the muP and SP proxies (the same model at the base "
+                     f"width) agree on {g['equal']} of {g['n']} shared trials")  # fmt: skip
     for p in doc["proxy_vs_target_ranking"]:
         lines.append(f"- {p['corpus']}, SP: Spearman of the same trials at width "
                      f"{p['width']} and at the proxy {num(p['spearman'], '.3f')} over {p['n']}")  # fmt: skip
@@ -582,6 +599,7 @@ def summary(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    os.chdir(ROOT)  # the commands and their paths are relative to the repository's root
     if args.command == "plan":
         print(plan_text(args))
         return 0

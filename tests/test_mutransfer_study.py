@@ -53,7 +53,8 @@ def test_the_plan_prints_every_command_and_its_core_seconds(toy, capsys):
 
 def test_costs_scale_with_runs_steps_and_width():
     step = study.Step("x", "p", ["python"], runs=2, width=512, steps=1000)
-    assert step.cost() == pytest.approx(2 * (1000 * study.SECONDS_PER_STEP[512] + 4.0))
+    per_run = (1000 + study.VAL_STEPS) * study.SECONDS_PER_STEP[512] + study.RUN_OVERHEAD
+    assert step.cost() == pytest.approx(2 * per_run)
     assert study.seconds_per_step(1024) == pytest.approx(4 * study.SECONDS_PER_STEP[512])
 
 
