@@ -489,9 +489,11 @@ def stability(found: list[dict], study: str, steps: int) -> dict:
         loss = r["metrics"].get("val/loss")
         if r.get("study") != study or r["status"] != "completed" or loss is None:
             continue
-        curve = {s: v for s, v in val_curve(Path(r["path"]).parent).items() if s <= steps * 3 // 4}
+        horizon = r["hparams"].get("max_steps") or steps  # the run's own, else the setting's
+        curve = val_curve(Path(r["path"]).parent)
+        curve = {s: v for s, v in curve.items() if s <= horizon * 3 // 4}  # not the final one
         if curve and math.isfinite(loss):
-            near = min(curve, key=lambda s: abs(s - steps // 2))
+            near = min(curve, key=lambda s: abs(s - horizon // 2))
             half.append(curve[near])
             full.append(loss)
     return {"study": study, "n": len(full), "spearman_half_full": spearman(half, full)}
@@ -570,10 +572,12 @@ def markdown(doc: dict) -> str:
     lines.append("")
     for c in doc["a_versus"]:
         for v in c["versus"]:
+            spread = (
+                "clear: the seeds' ranges do not overlap" if v["clear"] else "within the spread"
+            )
             lines.append(f"- {c['corpus']}, width {c['width']}: A {'<=' if v['a_wins'] else '>'} "
-                         f"{v['arm']} (gap {v['gap']:+.4f}, {'clear' if v['clear'] else 'within'} "
-                         f"the seeds' ranges; A's tuning / {v['arm']}'s: "
-                         f"{num(v['tuning_ratio'], '.3f')})")  # fmt: skip
+                         f"{v['arm']} (gap {v['gap']:+.4f}, {spread}; A's tuning compute / "
+                         f"{v['arm']}'s: {num(v['tuning_ratio'], '.3f')})")  # fmt: skip
     for s in doc["horizon_stability"]:
         lines.append(f"- {s['corpus']}, {s['study']}: Spearman half vs full horizon "
                      f"{num(s['spearman_half_full'], '.3f')} over {s['n']} trials")  # fmt: skip
