@@ -245,3 +245,22 @@ def test_the_paired_ranking_uses_the_same_trial_numbers():
 def test_summary_of_an_empty_study_is_a_table_with_no_rows(toy, capsys):
     assert study.summary(toy("summary")) == 0
     assert "| corpus | width | arm |" in capsys.readouterr().out
+
+
+def test_horizon_stability_reads_the_half_horizon_from_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    found = []
+    # Four trials of 20 steps, validated at steps 9 and 19 (as Lightning logs them): the
+    # ranking at half horizon is the final one with the last two swapped.
+    for trial, (half, full) in enumerate([(3.0, 2.0), (3.5, 2.5), (4.0, 3.5), (3.9, 3.6)]):
+        folder = tmp_path / f"trial_{trial:04d}"
+        with SummaryWriter(str(folder)) as writer:
+            writer.add_scalar("val/loss", half, 9)
+            writer.add_scalar("val/loss", full, 19)
+        r = result("proxy_mup", 8, full, study_name="proxy_mup", trial=trial)
+        r["hparams"]["max_steps"] = 20
+        found.append({**r, "path": str(folder / "result.json")})
+    assert study.val_curve(tmp_path / "trial_0000") == {9: 3.0, 19: 2.0}
+    got = study.stability(found, "proxy_mup", steps=1000)  # each run's own max_steps wins
+    assert got["n"] == 4 and got["spearman_half_full"] == pytest.approx(0.8)
