@@ -72,7 +72,7 @@ SETTINGS = (
 # CPU-seconds per training step, one thread, seq 64 x batch 32, one layer, Adam, stdlib
 # characters, measured with the code of the session start (d2415c0); see
 # docs/mutransfer_protocol.md. Other widths scale from the nearest by width^2.
-SECONDS_PER_STEP = {32: 0.0099, 256: 0.126, 512: 0.52}
+SECONDS_PER_STEP = {32: 0.0098, 256: 0.1255, 512: 0.52}  # medians of 3
 RUN_OVERHEAD = 4.0  # core-seconds per run: its start in a worker, checkpoints, events
 VAL_STEPS = 22  # two validations of 32 batches, forward only: about 22 training steps' work
 
