@@ -185,44 +185,28 @@ def proxy_steps(args, corpus: str) -> list[Step]:
 def arm_steps(args, corpus: str, width: int) -> list[Step]:
     """A, B, D, C at one target width, in that order (C's search is the dearest)."""
     where, seeds = str(args.runs / corpus), ",".join(map(str, args.seeds))
-    phase, n, sp = f"width {width}", len(args.seeds), str(derived_config(args, corpus, "sp", width))
+    sp, n = str(derived_config(args, corpus, "sp", width)), len(args.seeds)
     final = ("--widths", str(width), "--seeds", seeds, "--runs_dir", where)
-    out = [
-        Step(
-            f"{corpus}.w{width}.{arm}",
-            phase,
-            cli(args, "transfer", "--study", study, *final),
-            n,
-            width,
-            args.steps,
-        )  # fmt: skip
-        for arm, study in (("A", "proxy_mup"), ("B", "proxy_sp"))
-    ]
-    low, high = args.d_grid
-    out.append(d_grid_step(args, corpus, width, range(low, high + 1), f"{corpus}.w{width}.D_grid"))
-    out.append(
-        Step(
-            f"{corpus}.w{width}.D_choose",
-            phase,
-            [],
-            args.d_extend,
-            width,
-            args.steps,
-            action=lambda: choose_d(args, corpus, width),
-        )  # fmt: skip
-    )
     best = str(args.runs / corpus / f"arm_d_w{width}.yaml")
-    out.append(Step(f"{corpus}.w{width}.D", phase, cli(args, "transfer", "--from_file", best,
-                    "--config", sp, *final), n, width, args.steps))  # fmt: skip
+
+    def step(arm: str, argv: list[str], runs: int, **extra) -> Step:
+        return Step(f"{corpus}.w{width}.{arm}", f"width {width}", argv, runs, width, args.steps,
+                    **extra)  # fmt: skip
+
+    low, high = args.d_grid
+    out = [
+        step("A", cli(args, "transfer", "--study", "proxy_mup", *final), n),
+        step("B", cli(args, "transfer", "--study", "proxy_sp", *final), n),
+        d_grid_step(args, corpus, width, range(low, high + 1), f"{corpus}.w{width}.D_grid"),
+        step("D_choose", [], args.d_extend, action=lambda: choose_d(args, corpus, width)),
+        step("D", cli(args, "transfer", "--from_file", best, "--config", sp, *final), n),
+    ]
     if width in args.c_widths:
         study = f"direct_sp_w{width}"
         tune = cli(args, "tune", "--config", sp, "--space", args.space, "--study", study, "--trials",
                    str(args.c_trials), "--sampler", "random", "--seed", "0", "--runs_dir", where)  # fmt: skip
-        out.append(
-            Step(f"{corpus}.w{width}.C_search", phase, tune, args.c_trials, width, args.steps)
-        )
-        out.append(Step(f"{corpus}.w{width}.C", phase, cli(args, "transfer", "--study", study,
-                        *final), n, width, args.steps))  # fmt: skip
+        out += [step("C_search", tune, args.c_trials),
+                step("C", cli(args, "transfer", "--study", study, *final), n)]  # fmt: skip
     return out
 
 
@@ -379,10 +363,11 @@ def run(args) -> int:
 
 def plan_text(args) -> str:
     steps = plan(args)
-    rows, phases = [], {}
+    rows, phases, left = [], {}, 0.0
     for step in steps:
         state = "done" if is_done(args, step) else "to do"
         phases[step.phase] = phases.get(step.phase, 0.0) + step.cost()
+        left += step.cost() if state == "to do" else 0.0
         rows.append(f"{step.phase:10} {state:6} {step.runs:4d} {step.cost():9,.0f}  "
                     f"{step.name}\n    {step.text()}")  # fmt: skip
     total = sum(phases.values())
@@ -394,6 +379,7 @@ def plan_text(args) -> str:
         f"about {total / 3600 / cores:.1f} h on this machine's {cores} cores; {args.steps} "
         "steps a run; arm D's choice counts its possible edge runs)"
     )
+    lines.append(f"{'to do':10} {left:12,.0f} core-seconds ({left / 3600:.1f} core-hours)")
     return "\n".join(lines)
 
 
