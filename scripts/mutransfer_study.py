@@ -22,7 +22,16 @@ finished runs); a finished step leaves ``<runs>/.steps/<step>.done`` holding its
 so a rerun does not even start it. A failed step is reported and the next ones go on; the
 run exits 1 if any failed. Settings: a flag, else its environment variable, else the
 default (``--help``); the derived configs go to ``<runs>/configs/`` and a study refuses a
-rerun whose config changed, so a study keeps one horizon.
+rerun whose config changed, so a study keeps one horizon. A negative list takes ``=``:
+``--d_grid=-11,-4``.
+
+``summary`` writes ``<runs>/summary.md`` and ``summary.json``: per corpus, width and arm
+the final val/loss over the seeds (mean, population std, range), the tuning and training
+core-seconds (``result.json``'s ``core_seconds``: each run's last attempt), A against C
+and D by the pre-registered rule, the proxies' Spearman correlation of val/loss at half
+and at full horizon (the half-horizon value read from the trials' TensorBoard events,
+since ``result.json`` keeps only the final one), whether the muP and SP proxies agree
+trial by trial, and the SP ranking of the same points at the proxy and at the target.
 """
 
 from __future__ import annotations
