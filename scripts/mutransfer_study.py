@@ -1,0 +1,615 @@
+"""The μTransfer study of issue 14 as one resumable driver (protocol: docs/mutransfer_protocol.md).
+
+    python scripts/mutransfer_study.py plan      # every command in order, with its core-seconds
+    python scripts/mutransfer_study.py run       # run them; run it again to resume
+    python scripts/mutransfer_study.py summary   # arms x widths x corpora, compute, stability
+
+It only calls ``python cli.py tune|transfer|sweep`` (and the corpus scripts), in the
+pre-registered order, cheapest and most informative first: the proxy searches of both
+corpora (width 32 = base_hidden_size, muP and SP, the same space and sampler seed, so the
+two searches try the same points), then every arm at the first target width, then at the
+next. Per corpus and target width, the arms, each trained at the final seeds:
+
+- A: ``transfer`` of the muP proxy study's best trial;
+- B: ``transfer`` of the SP proxy study's best trial;
+- D: SP at its default multipliers, an octave grid of learning rates at the target
+  (``configs/study/arm_d.py``), widened an octave at a time while its best is at an edge,
+  then its best rate (``<corpus>/arm_d_w<W>.yaml``, ``transfer --from_file``);
+- C: SP searched at the target itself (a study of fewer trials, same space), then its best.
+
+Every command resumes (``tune`` finishes a half-done study; ``transfer`` and ``sweep`` skip
+finished runs); a finished step leaves ``<runs>/.steps/<step>.done`` holding its command,
+so a rerun does not even start it. A failed step is reported and the next ones go on; the
+run exits 1 if any failed. Settings: a flag, else its environment variable, else the
+default (``--help``); the derived configs go to ``<runs>/configs/`` and a study refuses a
+rerun whose config changed, so a study keeps one horizon. A negative list takes ``=``:
+``--d_grid=-11,-4``.
+
+``summary`` writes ``<runs>/summary.md`` and ``summary.json``: per corpus, width and arm
+the final val/loss over the seeds (mean, population std, range), the tuning and training
+core-seconds (``result.json``'s ``core_seconds``: each run's last attempt), A against C
+and D by the pre-registered rule, the proxies' Spearman correlation of val/loss at half
+and at full horizon (the half-horizon value read from the trials' TensorBoard events,
+since ``result.json`` keeps only the final one), whether the muP and SP proxies agree
+trial by trial, and the SP ranking of the same points at the proxy and at the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from lstm_lightning import results  # noqa: E402
+from lstm_lightning.files import write_atomic  # noqa: E402
+
+CORPORA = {  # name -> (base config, script that writes its data)
+    "stdlib": ("configs/study/stdlib.yaml", "scripts/stdlib_corpus.py"),
+    "prose": ("configs/study/prose.yaml", "scripts/prose_corpus.py"),
+}
+ARM_D_DEFS = "configs/study/arm_d.py"
+D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
+# name, environment variable, default, help
+SETTINGS = (
+    ("runs", "STUDY_RUNS", "runs/study/mutransfer", "the study's runs folder (outside git)"),
+    ("corpora", "STUDY_CORPORA", "stdlib,prose", "corpora, in order (stdlib, prose)"),
+    ("steps", "STUDY_STEPS", "1000", "training horizon of every run (even: val at half too)"),
+    ("space", "STUDY_SPACE", "configs/space_lstm.yaml", "the search space of every study"),
+    ("workers", "STUDY_WORKERS", "auto", "--workers of every command (a number or auto)"),
+    ("proxy_width", "STUDY_PROXY_WIDTH", "32", "the proxy's width = base_hidden_size"),
+    ("proxy_trials", "STUDY_PROXY_TRIALS", "64", "trials of each proxy search (muP, SP)"),
+    ("widths", "STUDY_WIDTHS", "256,512", "target widths, in order"),
+    ("seeds", "STUDY_SEEDS", "1,2,3", "the arms' final seeds (trials and grids use seed 0)"),
+    ("c_widths", "STUDY_C_WIDTHS", "256", "target widths that get arm C (a search there)"),
+    ("c_trials", "STUDY_C_TRIALS", "16", "trials of arm C's search at the target"),
+    ("d_grid", "STUDY_D_GRID", "-11,-4", "arm D's first log2-lr window, lowest,highest"),
+    ("d_extend", "STUDY_D_EXTEND", "3", "octaves arm D may add at an edge of its grid"),
+)
+# CPU-seconds per training step, one thread, seq 64 x batch 32, one layer, Adam, stdlib
+# characters, measured with the code of the session start (d2415c0); see
+# docs/mutransfer_protocol.md. Other widths scale from the nearest by width^2.
+SECONDS_PER_STEP = {32: 0.0098, 256: 0.1255, 512: 0.52}  # medians of 3
+RUN_OVERHEAD = 4.0  # core-seconds per run: its start in a worker, checkpoints, events
+VAL_STEPS = 22  # two validations of 32 batches, forward only: about 22 training steps' work
+
+
+# --- settings and derived configs -----------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=("plan", "run", "summary"))
+    for name, env, default, text in SETTINGS:
+        ap.add_argument(f"--{name}", default=os.environ.get(env, default), help=f"{text} ({env})")
+    args = ap.parse_args(argv)
+    try:
+        args.steps, args.proxy_width = int(args.steps), int(args.proxy_width)
+        args.proxy_trials, args.c_trials = int(args.proxy_trials), int(args.c_trials)
+        args.d_extend = int(args.d_extend)
+        args.widths, args.c_widths = ints(args.widths), ints(args.c_widths)
+        args.seeds, args.d_grid = ints(args.seeds), ints(args.d_grid)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}; see --help") from None
+    args.corpora = [c for c in args.corpora.split(",") if c]
+    unknown = [c for c in args.corpora if c not in CORPORA]
+    if unknown or not args.corpora:
+        raise SystemExit(f"error: --corpora: unknown {unknown}; use {', '.join(CORPORA)}")
+    if args.steps < 2 or args.steps % 2 or len(args.d_grid) != 2:
+        raise SystemExit("error: --steps must be even (>= 2) and --d_grid LOW,HIGH two numbers")
+    runs = Path(args.runs).absolute()  # the commands run in the repository's root
+    args.runs = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
+    return args
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def derived_config(args, corpus: str, parametrization: str, width: int) -> Path:
+    """The corpus config at this horizon, parametrization and width, written under
+    ``<runs>/configs/`` (the same text for the same settings, so a study reopens)."""
+    with open(ROOT / CORPORA[corpus][0], encoding="utf-8") as f:
+        tree = yaml.safe_load(f)
+    half = args.steps // 2
+    tree["trainer"].update(
+        max_steps=args.steps, val_check_interval=half, log_every_n_steps=min(50, half)
+    )
+    tree["checkpoint"]["every_n_train_steps"] = min(100, half)
+    tree["model"].update(
+        parametrization=parametrization, hidden_size=width, base_hidden_size=args.proxy_width
+    )
+    path = args.runs / "configs" / f"{corpus}_{parametrization}_w{width}.yaml"
+    if args.command != "plan":
+        text = yaml.safe_dump(tree, sort_keys=False)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_atomic(path, text)
+    return path
+
+
+def data_path(corpus: str) -> Path:
+    with open(ROOT / CORPORA[corpus][0], encoding="utf-8") as f:
+        return ROOT / yaml.safe_load(f)["data"]["path"]
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One command (or, with ``action``, one decision of the driver's own) of the study."""
+
+    name: str  # unique; <runs>/.steps/<name>.done marks it finished
+    phase: str
+    argv: list[str]
+    runs: int = 0  # training runs it may start (for the plan's cost)
+    width: int = 0
+    steps: int = 0
+    action: Callable[[], str] | None = field(default=None, repr=False)
+    done_if: Callable[[], bool] | None = field(default=None, repr=False)
+
+    def cost(self) -> float:
+        per_run = (self.steps + VAL_STEPS) * seconds_per_step(self.width) + RUN_OVERHEAD
+        return self.runs * per_run if self.steps else 0.0
+
+    def text(self) -> str:
+        return shlex.join(self.argv) if self.argv else f"(driver) {self.name}"
+
+
+def seconds_per_step(width: int) -> float:
+    if not width:
+        return 0.0
+    near = min(SECONDS_PER_STEP, key=lambda w: abs(math.log(w / width)))
+    return SECONDS_PER_STEP[near] * (width / near) ** 2 if width != near else SECONDS_PER_STEP[near]
+
+
+def cli(args, *words: str) -> list[str]:
+    return [sys.executable, "cli.py", *words, "--workers", str(args.workers)]
+
+
+def proxy_steps(args, corpus: str) -> list[Step]:
+    where, out = str(args.runs / corpus), []
+    for param in ("mup", "sp"):
+        config = str(derived_config(args, corpus, param, args.proxy_width))
+        argv = cli(args, "tune", "--config", config, "--space", args.space, "--study",
+                   f"proxy_{param}", "--trials", str(args.proxy_trials), "--sampler", "random",
+                   "--seed", "0", "--runs_dir", where)  # fmt: skip
+        out.append(Step(f"{corpus}.proxy_{param}", "proxies", argv, args.proxy_trials,
+                        args.proxy_width, args.steps))  # fmt: skip
+    return out
+
+
+def arm_steps(args, corpus: str, width: int) -> list[Step]:
+    """A, B, D, C at one target width, in that order (C's search is the dearest)."""
+    where, seeds = str(args.runs / corpus), ",".join(map(str, args.seeds))
+    sp, n = str(derived_config(args, corpus, "sp", width)), len(args.seeds)
+    final = ("--widths", str(width), "--seeds", seeds, "--runs_dir", where)
+    best = str(args.runs / corpus / f"arm_d_w{width}.yaml")
+
+    def step(arm: str, argv: list[str], runs: int, **extra) -> Step:
+        return Step(f"{corpus}.w{width}.{arm}", f"width {width}", argv, runs, width, args.steps,
+                    **extra)  # fmt: skip
+
+    low, high = args.d_grid
+    out = [
+        step("A", cli(args, "transfer", "--study", "proxy_mup", *final), n),
+        step("B", cli(args, "transfer", "--study", "proxy_sp", *final), n),
+        d_grid_step(args, corpus, width, range(low, high + 1), f"{corpus}.w{width}.D_grid"),
+        step("D_choose", [], args.d_extend, action=lambda: choose_d(args, corpus, width)),
+        step("D", cli(args, "transfer", "--from_file", best, "--config", sp, *final), n),
+    ]
+    if width in args.c_widths:
+        study = f"direct_sp_w{width}"
+        tune = cli(args, "tune", "--config", sp, "--space", args.space, "--study", study, "--trials",
+                   str(args.c_trials), "--sampler", "random", "--seed", "0", "--runs_dir", where)  # fmt: skip
+        out += [step("C_search", tune, args.c_trials),
+                step("C", cli(args, "transfer", "--study", study, *final), n)]  # fmt: skip
+    return out
+
+
+def d_grid_step(args, corpus: str, width: int, log2_lrs, name: str) -> Step:
+    sp = str(derived_config(args, corpus, "sp", width))
+    labels = ",".join(f"w{width}_log2lr{k}" for k in log2_lrs)
+    argv = cli(args, "sweep", "--definitions", ARM_D_DEFS, "--experiments", "ARM_D", "--labels",
+               labels, "--config", sp, "--runs_dir", str(args.runs / corpus))  # fmt: skip
+    return Step(name, f"width {width}", argv, len(log2_lrs), width, args.steps)
+
+
+def plan(args) -> list[Step]:
+    """Every step of the study in the order it runs."""
+    steps = []
+    for corpus in args.corpora:
+        path = data_path(corpus)
+        steps.append(Step(f"{corpus}.data", "data", [sys.executable, CORPORA[corpus][1], "--out",
+                          str(path.relative_to(ROOT))], done_if=path.is_file))  # fmt: skip
+    for corpus in args.corpora:
+        steps += proxy_steps(args, corpus)
+    for width in args.widths:
+        for corpus in args.corpora:
+            steps += arm_steps(args, corpus, width)
+    return steps
+
+
+# --- arm D's choice -------------------------------------------------------------------------
+
+
+def grid_losses(args, corpus: str, width: int) -> dict[int, float]:
+    """log2 lr -> final val/loss of arm D's grid runs at ``width`` (diverged: +inf)."""
+    found = {}
+    for path in (args.runs / corpus / "ARM_D").glob(f"w{width}_log2lr*/{results.FILE}"):
+        result = results.read(path)
+        loss = result["metrics"].get("val/loss")
+        k = int(path.parent.name.split("log2lr")[1])
+        if result["status"] == "diverged" or (loss is not None and not math.isfinite(loss)):
+            found[k] = math.inf
+        elif result["status"] == "completed" and loss is not None:
+            found[k] = float(loss)
+    return found
+
+
+def best_of_grid(losses: dict[int, float], low: int, high: int) -> int | None:
+    """The window's best log2 lr: the lowest loss, on a tie the smaller rate."""
+    inside = [(loss, k) for k, loss in losses.items() if low <= k <= high and math.isfinite(loss)]
+    return min(inside)[1] if inside else None
+
+
+def choose_d(args, corpus: str, width: int) -> str:
+    """Widen the grid an octave at a time while its best is at an edge (at most d_extend
+    octaves in all), then write ``arm_d_w<W>.yaml`` with the best rate."""
+    low, high = args.d_grid
+    budget = args.d_extend
+    while True:
+        best = best_of_grid(grid_losses(args, corpus, width), low, high)
+        if best is None:
+            raise StepFailed(f"no completed run in arm D's grid at width {width}")
+        added = low - 1 if best == low else high + 1 if best == high else None
+        if added is None or budget == 0 or not D_RANGE[0] <= added <= D_RANGE[1]:
+            break
+        name = f"{corpus}.w{width}.D_grid_{added}"
+        say(f"[study] arm D's best at width {width} is at the grid's edge: adding log2 lr {added}")
+        if run_command(d_grid_step(args, corpus, width, [added], name).argv):
+            raise StepFailed(f"the grid run at log2 lr {added} failed")
+        low, high, budget = min(low, added), max(high, added), budget - 1
+    loss = grid_losses(args, corpus, width)[best]
+    edge = " (still at an edge of the grid)" if best in (low, high) else ""
+    note = f"arm D at width {width}: log2 lr {best}, val/loss {loss:.4f}, grid {low}..{high}{edge}"
+    text = f"# {note}\nmodel:\n  learning_rate: {2.0**best!r}\n  parametrization: sp\n"
+    write_atomic(args.runs / corpus / f"arm_d_w{width}.yaml", text)
+    return note
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+class StepFailed(Exception):
+    pass
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_command(argv: list[str]) -> int:
+    """The command's exit status. Ctrl-C or SIGTERM (to this process or the command) stops
+    the study: the command is told (SIGTERM: its runs save last.ckpt) and waited for."""
+    proc = subprocess.Popen(argv, cwd=ROOT)
+    try:
+        status = proc.wait()
+    except (KeyboardInterrupt, Terminated):
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait()
+        status = 130 if status in (0, 1) else status
+    if status in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+        say(f"[study] stopped (status {status}); run the same command again to resume")
+        raise SystemExit(130)
+    return status
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread so a command in flight is stopped, not orphaned."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated
+
+
+def key(step: Step) -> str:
+    """What a finished step's marker holds: its command without the interpreter and the
+    workers (neither changes what it computes)."""
+    argv = list(step.argv[1:])
+    if "--workers" in argv:
+        i = argv.index("--workers")
+        del argv[i : i + 2]
+    return (shlex.join(argv) if argv else step.name) + "\n"
+
+
+def marker(args, step: Step) -> Path:
+    return args.runs / ".steps" / f"{step.name}.done"
+
+
+def is_done(args, step: Step) -> bool:
+    if step.done_if is not None:
+        return step.done_if()
+    path = marker(args, step)
+    return path.is_file() and path.read_text(encoding="utf-8").startswith(key(step))
+
+
+def run(args) -> int:
+    signal.signal(signal.SIGTERM, on_sigterm)
+    failed = []
+    for step in plan(args):
+        if is_done(args, step):
+            say(f"[study] {step.name}: done")
+            continue
+        say(f"[study] {step.name}: {step.text()}")
+        try:
+            note = step.action() if step.action else ""
+            if step.argv and run_command(step.argv):
+                raise StepFailed("its command failed (see above); rerun to retry")
+        except StepFailed as err:
+            say(f"[study] {step.name}: FAILED: {err}")
+            failed.append(step.name)
+            continue
+        if step.done_if is None:
+            write_atomic(marker(args, step), key(step) + (f"# {note}\n" if note else ""))
+        say(f"[study] {step.name}: finished{': ' + note if note else ''}")
+    say(f"[study] {'failed: ' + ', '.join(failed) if failed else 'every step is done'}; "
+        f"summary: python scripts/mutransfer_study.py summary --runs {args.runs}")  # fmt: skip
+    return 1 if failed else 0
+
+
+def plan_text(args) -> str:
+    steps = plan(args)
+    rows, phases, left = [], {}, 0.0
+    for step in steps:
+        state = "done" if is_done(args, step) else "to do"
+        phases[step.phase] = phases.get(step.phase, 0.0) + step.cost()
+        left += step.cost() if state == "to do" else 0.0
+        rows.append(f"{step.phase:10} {state:6} {step.runs:4d} {step.cost():9,.0f}  "
+                    f"{step.name}\n    {step.text()}")  # fmt: skip
+    total = sum(phases.values())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [f"{'phase':10} {'state':6} runs core-sec  step / command", *rows, ""]
+    lines += [f"{phase:10} {cost:12,.0f} core-seconds" for phase, cost in phases.items()]
+    lines.append(
+        f"{'total':10} {total:12,.0f} core-seconds ({total / 3600:.1f} core-hours; "
+        f"about {total / 3600 / cores:.1f} h on this machine's {cores} cores; {args.steps} "
+        "steps a run; arm D's choice counts its possible edge runs)"
+    )
+    lines.append(f"{'to do':10} {left:12,.0f} core-seconds ({left / 3600:.1f} core-hours)")
+    return "\n".join(lines)
+
+
+# --- summary --------------------------------------------------------------------------------
+
+
+def arm_sources(arm: str, width: int) -> tuple[str, Callable[[dict], bool]]:
+    """An arm's final runs' group, and which results are its tuning."""
+    if arm in ("A", "B"):
+        study = "proxy_mup" if arm == "A" else "proxy_sp"
+        return f"{study}.transfer", lambda r: r.get("study") == study
+    if arm == "C":
+        return f"direct_sp_w{width}.transfer", lambda r: r.get("study") == f"direct_sp_w{width}"
+    return (
+        f"arm_d_w{width}.transfer",
+        lambda r: r["group"] == "ARM_D" and r["hparams"]["hidden_size"] == width,
+    )
+
+
+def load(folder: Path) -> list[dict]:
+    found = []
+    for path in sorted(folder.rglob(results.FILE)):
+        try:
+            found.append({**results.read(path), "path": str(path)})
+        except (OSError, ValueError) as err:
+            say(f"[study] skipped {path}: {err}")
+    return found
+
+
+def compute(runs: list[dict]) -> float | None:
+    costs = [r["core_seconds"] for r in runs if r.get("core_seconds") is not None]
+    return float(sum(costs)) if costs else None
+
+
+def arm_row(found: list[dict], corpus: str, width: int, arm: str) -> dict:
+    """An arm at a width: final val/loss over its seeds (mean, population std, range) and
+    its tuning and training compute (core-seconds of each run's last attempt)."""
+    group, tuning = arm_sources(arm, width)
+    runs = [r for r in found if r["group"] == group and r["hparams"]["hidden_size"] == width]
+    losses = [r["metrics"].get("val/loss") for r in runs if r["status"] == "completed"]
+    losses = [x for x in losses if x is not None and math.isfinite(x)]
+    mean = sum(losses) / len(losses) if losses else None
+    std = math.sqrt(sum((x - mean) ** 2 for x in losses) / len(losses)) if losses else None
+    lrs = sorted({r["hparams"]["learning_rate"] for r in runs})
+    return {"corpus": corpus, "width": width, "arm": arm, "loss_mean": mean, "loss_std": std,
+            "loss_min": min(losses, default=None), "loss_max": max(losses, default=None),
+            "n_seeds": len(losses), "n_runs": len(runs),
+            "n_diverged": sum(r["status"] == "diverged" for r in runs),
+            "learning_rates": lrs, "tuning_core_seconds": compute([r for r in found if tuning(r)]),
+            "training_core_seconds": compute(runs)}  # fmt: skip
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's of the ranks); None under 3 pairs or a
+    constant side."""
+    if len(x) != len(y) or len(x) < 3:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else None
+
+
+def val_curve(run_dir: Path) -> dict[int, float]:
+    """step -> val/loss from the run's TensorBoard events (every attempt's files)."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "val/loss" not in acc.Tags().get("scalars", []):
+        return {}
+    return {e.step: e.value for e in acc.Scalars("val/loss")}
+
+
+def stability(found: list[dict], study: str, steps: int) -> dict:
+    """The rank correlation of a study's trials' val/loss at half and at full horizon."""
+    half, full = [], []
+    for r in found:
+        loss = r["metrics"].get("val/loss")
+        if r.get("study") != study or r["status"] != "completed" or loss is None:
+            continue
+        horizon = r["hparams"].get("max_steps") or steps  # the run's own, else the setting's
+        curve = val_curve(Path(r["path"]).parent)
+        curve = {s: v for s, v in curve.items() if s <= horizon * 3 // 4}  # not the final one
+        if curve and math.isfinite(loss):
+            near = min(curve, key=lambda s: abs(s - horizon // 2))
+            half.append(curve[near])
+            full.append(loss)
+    return {"study": study, "n": len(full), "spearman_half_full": spearman(half, full)}
+
+
+def trial_losses(found: list[dict], study: str) -> dict[int, float]:
+    """trial number -> final val/loss of a study's completed trials."""
+    return {r["trial"]: r["metrics"]["val/loss"] for r in found if r.get("study") == study
+            and r["status"] == "completed" and r["metrics"].get("val/loss") is not None}  # fmt: skip
+
+
+def agreement(found: list[dict], a: str, b: str) -> dict:
+    """How many trials two studies share and how many of those have the same loss, bit for
+    bit: the muP and SP proxies at the base width must (the same model and optimizer)."""
+    la, lb = trial_losses(found, a), trial_losses(found, b)
+    both = set(la) & set(lb)
+    return {"studies": [a, b], "n": len(both), "equal": sum(la[n] == lb[n] for n in both)}
+
+
+def paired(found: list[dict], proxy: str, target: str) -> dict:
+    """The rank correlation of the same trial numbers (the same params: same space,
+    sampler and seed) in a proxy study and a study at the target width."""
+
+    a, b = trial_losses(found, proxy), trial_losses(found, target)
+    both = sorted(set(a) & set(b))
+    rho = spearman([a[n] for n in both], [b[n] for n in both])
+    return {"proxy": proxy, "target": target, "n": len(both), "spearman": rho}
+
+
+def versus(a: dict, other: dict) -> dict | None:
+    """A against another arm: A's mean no higher (``a_wins``); ``clear`` when their seeds'
+    ranges do not overlap (3 seeds against 3: 1 chance in 10 under no difference); the
+    ratio of their tuning compute."""
+    if a["loss_mean"] is None or other["loss_mean"] is None:
+        return None
+    clear = a["loss_max"] < other["loss_min"] or other["loss_max"] < a["loss_min"]
+    ta, to = a["tuning_core_seconds"], other["tuning_core_seconds"]
+    return {"arm": other["arm"], "a_wins": a["loss_mean"] <= other["loss_mean"],
+            "gap": other["loss_mean"] - a["loss_mean"], "clear": clear,
+            "tuning_ratio": ta / to if ta and to else None}  # fmt: skip
+
+
+def collect(args) -> dict:
+    rows, checks, stable, pairs, same = [], [], [], [], []
+    for corpus in args.corpora:
+        found = load(args.runs / corpus) if (args.runs / corpus).is_dir() else []
+        stable += [{"corpus": corpus, **stability(found, f"proxy_{p}", args.steps)}
+                   for p in ("mup", "sp")]  # fmt: skip
+        same.append({"corpus": corpus, **agreement(found, "proxy_mup", "proxy_sp")})
+        for width in args.widths:
+            here = {arm: arm_row(found, corpus, width, arm) for arm in ("A", "B", "C", "D")}
+            rows += [row for row in here.values() if row["n_runs"]]
+            against = [versus(here["A"], here[x]) for x in ("C", "D") if here[x]["n_runs"]]
+            checks.append({"corpus": corpus, "width": width, "versus": [v for v in against if v]})
+            if width in args.c_widths:
+                pairs.append({"corpus": corpus, "width": width,
+                              **paired(found, "proxy_sp", f"direct_sp_w{width}")})  # fmt: skip
+    return {"runs": str(args.runs), "steps": args.steps, "arms": rows, "a_versus": checks,
+            "horizon_stability": stable, "proxy_vs_target_ranking": pairs,
+            "proxies_agree": same}  # fmt: skip
+
+
+def num(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(doc: dict) -> str:
+    lines = ["| corpus | width | arm | val/loss mean ± std | seeds | lr | tuning core-s | "
+             "training core-s |", "|---|---:|:-:|---|---:|---|---:|---:|"]  # fmt: skip
+    for r in doc["arms"]:
+        lr = ", ".join(f"{x:.3g}" for x in r["learning_rates"])
+        lines.append(f"| {r['corpus']} | {r['width']} | {r['arm']} | {num(r['loss_mean'])} ± "
+                     f"{num(r['loss_std'])} | {r['n_seeds']}/{r['n_runs']} | {lr} | "
+                     f"{num(r['tuning_core_seconds'], ',.0f')} | "
+                     f"{num(r['training_core_seconds'], ',.0f')} |")  # fmt: skip
+    lines.append("")
+    for c in doc["a_versus"]:
+        for v in c["versus"]:
+            spread = (
+                "clear: the seeds' ranges do not overlap" if v["clear"] else "within the spread"
+            )
+            lines.append(f"- {c['corpus']}, width {c['width']}: A {'<=' if v['a_wins'] else '>'} "
+                         f"{v['arm']} (gap {v['gap']:+.4f}, {spread}; A's tuning compute / "
+                         f"{v['arm']}'s: {num(v['tuning_ratio'], '.3f')})")  # fmt: skip
+    for s in doc["horizon_stability"]:
+        lines.append(f"- {s['corpus']}, {s['study']}: Spearman half vs full horizon "
+                     f"{num(s['spearman_half_full'], '.3f')} over {s['n']} trials")  # fmt: skip
+    for g in doc["proxies_agree"]:
+        lines.append(f"- {g['corpus']}: the muP and SP proxies (the same model at the base "
+                     f"width) agree on {g['equal']} of {g['n']} shared trials")  # fmt: skip
+    for p in doc["proxy_vs_target_ranking"]:
+        lines.append(f"- {p['corpus']}, SP: Spearman of the same trials at width "
+                     f"{p['width']} and at the proxy {num(p['spearman'], '.3f')} over {p['n']}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def summary(args) -> int:
+    doc = collect(args)
+    text = markdown(doc)
+    print(text, end="")
+    if args.runs.is_dir():
+        write_atomic(args.runs / "summary.md", text)
+        write_atomic(args.runs / "summary.json", json.dumps(results.finite(doc), indent=2) + "\n")
+        say(f"wrote {args.runs / 'summary.md'}, {args.runs / 'summary.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    os.chdir(ROOT)  # the commands and their paths are relative to the repository's root
+    if args.command == "plan":
+        print(plan_text(args))
+        return 0
+    if args.command == "summary":
+        return summary(args)
+    try:
+        return run(args)
+    except (KeyboardInterrupt, Terminated):
+        say("[study] stopped; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

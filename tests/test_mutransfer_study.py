@@ -1,0 +1,266 @@
+"""scripts/mutransfer_study.py: the μTransfer study's driver (plan, resume, arm D, summary)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from lstm_lightning import results
+from lstm_lightning.experiments import load_definitions
+from scripts import mutransfer_study as study
+
+TOY = ["--steps", "20", "--proxy_width", "8", "--widths", "16,24", "--c_widths", "16",
+       "--proxy_trials", "4", "--c_trials", "2", "--seeds", "1,2", "--d_grid=-6,-4",
+       "--d_extend", "1", "--workers", "1"]  # fmt: skip
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The driver's args at toy scale in tmp_path, with no STUDY_* variable leaking in."""
+    for _, env, _, _ in study.SETTINGS:
+        monkeypatch.delenv(env, raising=False)
+
+    def make(command="run", *extra):
+        return study.parse([command, "--runs", str(tmp_path / "runs"), *TOY, *extra])
+
+    return make
+
+
+def names(args) -> list[str]:
+    return [s.name for s in study.plan(args)]
+
+
+def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
+    order = names(toy("plan"))
+    assert order[:6] == ["stdlib.data", "prose.data", "stdlib.proxy_mup", "stdlib.proxy_sp",
+                         "prose.proxy_mup", "prose.proxy_sp"]  # fmt: skip
+    w16 = ["A", "B", "D_grid", "D_choose", "D", "C_search", "C"]
+    assert order[6:20] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
+    assert order[20:] == [f"{c}.w24.{a}" for c in ("stdlib", "prose") for a in w16[:5]]
+
+
+def test_the_plan_prints_every_command_and_its_core_seconds(toy, capsys):
+    assert study.main(["plan", "--runs", str(toy().runs), *TOY]) == 0
+    out = capsys.readouterr().out
+    assert "cli.py tune --config" in out and "--study proxy_mup --trials 4" in out
+    assert "--labels w16_log2lr-6,w16_log2lr-5,w16_log2lr-4" in out
+    assert "transfer --study direct_sp_w16 --widths 16 --seeds 1,2" in out
+    assert "total" in out and "core-seconds" in out
+    assert not (toy().runs / "configs").exists()  # plan writes nothing
+
+
+def test_costs_scale_with_runs_steps_and_width():
+    step = study.Step("x", "p", ["python"], runs=2, width=512, steps=1000)
+    per_run = (1000 + study.VAL_STEPS) * study.SECONDS_PER_STEP[512] + study.RUN_OVERHEAD
+    assert step.cost() == pytest.approx(2 * per_run)
+    assert study.seconds_per_step(1024) == pytest.approx(4 * study.SECONDS_PER_STEP[512])
+
+
+def test_derived_configs_keep_one_horizon_validated_at_half(toy):
+    args = toy()
+    path = study.derived_config(args, "prose", "sp", 24)
+    tree = yaml.safe_load(path.read_text())
+    assert tree["trainer"]["max_steps"] == 20 and tree["trainer"]["val_check_interval"] == 10
+    assert tree["model"]["hidden_size"] == 24 and tree["model"]["base_hidden_size"] == 8
+    assert tree["model"]["parametrization"] == "sp" and tree["data"]["path"] == "data/prose.txt"
+    before = path.stat().st_mtime_ns
+    study.derived_config(args, "prose", "sp", 24)
+    assert path.stat().st_mtime_ns == before  # the same text is not rewritten
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--steps", "21"], "--steps must be even"), (["--corpora", "perl"], "unknown ['perl']"),
+     (["--widths", "a"], "invalid literal"), (["--d_grid=-5"], "--d_grid LOW,HIGH")],
+)  # fmt: skip
+def test_bad_settings_are_one_line(toy, flags, message):
+    with pytest.raises(SystemExit) as err:
+        toy("plan", *flags)
+    assert str(err.value).startswith("error: ") and message in str(err.value)
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("STUDY_WORKERS", "3")
+    monkeypatch.setenv("STUDY_CORPORA", "prose")
+    args = study.parse(["plan", "--runs", str(tmp_path)])
+    assert args.corpora == ["prose"]
+    assert study.plan(args)[1].argv[-2:] == ["--workers", "3"]
+
+
+def test_arm_d_grid_file_defines_the_range_the_driver_uses():
+    groups = load_definitions(study.ROOT / study.ARM_D_DEFS).ARM_D["subexperiments"]
+    log2 = sorted({round(math.log2(g["overrides"]["learning_rate"])) for g in groups})
+    assert (log2[0], log2[-1]) == study.D_RANGE and log2 == list(range(log2[0], log2[-1] + 1))
+    assert all(g["overrides"]["parametrization"] == "sp" for g in groups)
+
+
+# --- resuming -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Commands are recorded, not run; arm D's choice is a stub."""
+    calls = []
+
+    def fake(argv):
+        calls.append(argv)
+        return 0
+
+    monkeypatch.setattr(study, "run_command", fake)
+    monkeypatch.setattr(study, "choose_d", lambda args, corpus, width: f"chose {corpus} {width}")
+    return calls
+
+
+def test_a_rerun_starts_nothing_that_finished(toy, recorded):
+    args = toy()
+    assert study.run(args) == 0
+    first = len(recorded)
+    assert first == len([s for s in study.plan(args) if s.argv and s.done_if is None])
+    assert study.run(args) == 0
+    assert len(recorded) == first  # every step's marker holds its command
+    marker = args.runs / ".steps" / "stdlib.w16.D_choose.done"
+    assert "chose stdlib 16" in marker.read_text()
+
+
+def test_an_interrupted_study_resumes_at_the_step_in_flight(toy, recorded, monkeypatch):
+    args = toy()
+    real = study.run_command
+
+    def stop_at_the_fourth(argv):
+        if len(recorded) == 3:
+            raise SystemExit(130)
+        return real(argv)
+
+    monkeypatch.setattr(study, "run_command", stop_at_the_fourth)
+    with pytest.raises(SystemExit):
+        study.run(args)
+    done = sorted(p.name for p in (args.runs / ".steps").iterdir())
+    assert done == ["prose.proxy_mup.done", "stdlib.proxy_mup.done", "stdlib.proxy_sp.done"]
+    monkeypatch.setattr(study, "run_command", real)
+    assert study.run(args) == 0
+    assert "--study proxy_sp" in " ".join(recorded[3])  # prose's SP proxy, then the rest
+
+
+def test_a_changed_command_reruns_but_other_workers_do_not(toy, recorded):
+    study.run(toy())
+    n = len(recorded)
+    study.run(toy("run", "--workers", "2"))
+    assert len(recorded) == n
+    study.run(toy("run", "--proxy_trials", "5"))  # a bigger search resumes the studies
+    assert [" ".join(c).count("--trials 5") for c in recorded[n:]] == [1, 1, 1, 1]
+
+
+def test_a_failed_step_is_reported_and_the_rest_goes_on(toy, recorded, monkeypatch, capsys):
+    monkeypatch.setattr(study, "run_command", lambda argv: 1 if "proxy_sp" in argv else 0)
+    assert study.run(toy()) == 1
+    out = capsys.readouterr().out
+    assert "stdlib.proxy_sp: FAILED" in out and "failed: stdlib.proxy_sp, prose.proxy_sp" in out
+
+
+# --- arm D's choice -------------------------------------------------------------------------
+
+
+def test_best_of_grid_prefers_the_lower_loss_then_the_smaller_rate():
+    losses = {-7: 1.5, -6: 1.2, -5: 1.2, -4: math.inf, -3: 0.5}
+    assert study.best_of_grid(losses, -7, -4) == -6
+    assert study.best_of_grid({-4: math.inf}, -7, -4) is None
+
+
+@pytest.mark.parametrize(
+    "losses, extend, added, chosen",
+    [
+        ({-6: 1.3, -5: 1.2, -4: 1.25}, 1, [], -5),  # inside: no extension
+        ({-7: 1.0, -6: 1.1, -5: 1.2, -4: 1.3}, 1, [-7], -7),  # low edge, one octave allowed
+        ({-8: 0.9, -7: 1.0, -6: 1.1, -5: 1.2, -4: 1.3}, 3, [-7, -8, -9], -8),
+        ({-6: 1.3, -5: 1.2, -4: 1.1}, 0, [], -4),  # at the edge, no octave allowed
+    ],
+)
+def test_arm_d_widens_its_grid_at_an_edge(toy, monkeypatch, losses, extend, added, chosen):
+    args = toy("run", "--d_extend", str(extend))
+    ran = []
+    monkeypatch.setattr(study, "grid_losses", lambda a, c, w: {k: v for k, v in losses.items()
+                        if args.d_grid[0] - len(ran) <= k <= args.d_grid[1]})  # fmt: skip
+
+    def fake(argv):
+        ran.append(int(argv[argv.index("--labels") + 1].split("log2lr")[1]))
+        return 0
+
+    monkeypatch.setattr(study, "run_command", fake)
+    note = study.choose_d(args, "stdlib", 16)
+    assert ran == added
+    best = yaml.safe_load((args.runs / "stdlib" / "arm_d_w16.yaml").read_text())
+    assert best == {"model": {"learning_rate": 2.0**chosen, "parametrization": "sp"}}
+    assert f"log2 lr {chosen}" in note
+
+
+# --- the summary ----------------------------------------------------------------------------
+
+
+def test_spearman_by_hand():
+    assert study.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert study.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert study.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    # Spearman = 1 - 6 sum d^2 / (n (n^2 - 1)) without ties: d = (0, 0, 1, -1) -> 0.8
+    assert study.spearman([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(0.8)
+    assert study.spearman([1, 2], [1, 2]) is None and study.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def result(group, width, loss, *, seed=1, study_name=None, trial=None, cost=10.0, lr=0.01):
+    hparams = {"parametrization": "sp", "optimizer": "adam", "hidden_size": width,
+               "learning_rate": lr, "seed": seed}  # fmt: skip
+    return results.make(group=group, label=f"x{seed}", overrides={}, config_hash="0",
+                        hparams=hparams, status="completed", metrics={"val/loss": loss},
+                        core_seconds=cost, study=study_name, trial=trial)  # fmt: skip
+
+
+def test_arm_rows_and_a_against_c():
+    found = [result("proxy_mup.transfer", 256, x, seed=s) for s, x in ((1, 1.50), (2, 1.52))]
+    found += [result("direct_sp_w256.transfer", 256, x, seed=s) for s, x in ((1, 1.6), (2, 1.7))]
+    found += [result("proxy_mup", 32, 2.0, study_name="proxy_mup", trial=t, cost=5.0)
+              for t in range(4)]  # fmt: skip
+    found += [result("direct_sp_w256", 256, 1.7, study_name="direct_sp_w256", trial=t,
+                     cost=100.0) for t in range(2)]  # fmt: skip
+    a = study.arm_row(found, "stdlib", 256, "A")
+    c = study.arm_row(found, "stdlib", 256, "C")
+    assert a["loss_mean"] == pytest.approx(1.51) and a["loss_std"] == pytest.approx(0.01)
+    assert (a["tuning_core_seconds"], a["training_core_seconds"]) == (20.0, 20.0)
+    versus = study.versus(a, c)
+    assert versus["a_wins"] and versus["clear"] and versus["tuning_ratio"] == pytest.approx(0.1)
+    assert versus["gap"] == pytest.approx(0.14)
+    c["loss_min"] = 1.51  # the ranges now overlap
+    assert not study.versus(a, c)["clear"]
+
+
+def test_the_paired_ranking_uses_the_same_trial_numbers():
+    found = [result("proxy_sp", 8, x, study_name="proxy_sp", trial=t)
+             for t, x in enumerate([1.0, 2.0, 3.0, 4.0])]  # fmt: skip
+    found += [result("direct_sp_w16", 16, x, study_name="direct_sp_w16", trial=t)
+              for t, x in enumerate([1.1, 2.2, 3.3])]  # fmt: skip
+    paired = study.paired(found, "proxy_sp", "direct_sp_w16")
+    assert paired["n"] == 3 and paired["spearman"] == pytest.approx(1.0)
+
+
+def test_summary_of_an_empty_study_is_a_table_with_no_rows(toy, capsys):
+    assert study.summary(toy("summary")) == 0
+    assert "| corpus | width | arm |" in capsys.readouterr().out
+
+
+def test_horizon_stability_reads_the_half_horizon_from_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    found = []
+    # Four trials of 20 steps, validated at steps 9 and 19 (as Lightning logs them): the
+    # ranking at half horizon is the final one with the last two swapped.
+    for trial, (half, full) in enumerate([(3.0, 2.0), (3.5, 2.5), (4.0, 3.5), (3.9, 3.6)]):
+        folder = tmp_path / f"trial_{trial:04d}"
+        with SummaryWriter(str(folder)) as writer:
+            writer.add_scalar("val/loss", half, 9)
+            writer.add_scalar("val/loss", full, 19)
+        r = result("proxy_mup", 8, full, study_name="proxy_mup", trial=trial)
+        r["hparams"]["max_steps"] = 20
+        found.append({**r, "path": str(folder / "result.json")})
+    assert study.val_curve(tmp_path / "trial_0000") == {9: 3.0, 19: 2.0}
+    got = study.stability(found, "proxy_mup", steps=1000)  # each run's own max_steps wins
+    assert got["n"] == 4 and got["spearman_half_full"] == pytest.approx(0.8)
