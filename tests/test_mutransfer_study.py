@@ -9,7 +9,9 @@ import yaml
 
 from lstm_lightning import results
 from lstm_lightning.experiments import load_definitions
+from lstm_lightning.fit import build_cli
 from scripts import mutransfer_study as study
+from scripts import prose_corpus, stdlib_corpus
 
 TOY = ["--steps", "20", "--proxy_width", "8", "--widths", "16,24", "--c_widths", "16",
        "--proxy_trials", "4", "--c_trials", "2", "--seeds", "1,2", "--d_grid=-6,-4",
@@ -68,6 +70,19 @@ def test_derived_configs_keep_one_horizon_validated_at_half(toy):
     before = path.stat().st_mtime_ns
     study.derived_config(args, "prose", "sp", 24)
     assert path.stat().st_mtime_ns == before  # the same text is not rewritten
+
+
+@pytest.mark.parametrize("corpus, parametrization", [("stdlib", "mup"), ("prose", "sp")])
+def test_every_derived_config_builds_the_model_it_names(toy, corpus, parametrization,
+                                                       tmp_path, monkeypatch):  # fmt: skip
+    args = toy()
+    monkeypatch.chdir(tmp_path)  # the configs read data/<corpus>.txt from the current folder
+    assert stdlib_corpus.main(["--out", "data/stdlib.txt", "--bytes", "200000"]) == 0
+    assert prose_corpus.main(["--out", "data/prose.txt", "--bytes", "200000"]) == 0
+    config = study.derived_config(args, corpus, parametrization, 24)
+    cli = build_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
+    assert cli.model.hparams.parametrization == parametrization
+    assert cli.model.net.layers[0].hidden_size == 24 and cli.trainer.max_steps == 20
 
 
 @pytest.mark.parametrize(
