@@ -88,7 +88,7 @@ class LanguageModel(L.LightningModule):
             ``data.batching``.
         flush_subnormals: Compute floats below 1.2e-38 as zero, on every CPU thread, while
             the run trains (``lstm_lightning.subnormal``): saturated gates make them, and
-            the CPU's slow path on them made such runs 20x slower. Nothing on a GPU.
+            some CPUs' slow path on them made such runs 20x slower. Nothing on a GPU.
     """
 
     def __init__(

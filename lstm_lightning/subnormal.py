@@ -3,10 +3,11 @@
 Why: a run at the edge of a learning-rate sweep saturates its sigmoid and tanh gates, and
 the gradients through a saturated gate (sigmoid'(x) = s(1 - s), tanh'(x) = 1 - tanh^2) and
 the values that follow from them shrink below float32's smallest normal number, 1.2e-38.
-x86 processors compute on such subnormal numbers in microcode, tens to a hundred times
-slower than on normal ones: a saturated width-256 run took 20x as long a step as with
-subnormals flushed (issue 13: 215 s against 11 s for 120 steps). Flushing them to zero
-(FTZ: results; DAZ: inputs) changes a number below 1.2e-38 into 0, nothing else.
+Many x86 processors compute on such subnormal numbers in a slow path (microcode), up to
+a hundred times slower than on normal ones: on one, a saturated width-256 run took 20x as
+long a step as with subnormals flushed (issue 13: 215 s against 11 s for 120 steps);
+others (the AMD EPYC of benchmarks/README.md) pay nothing. Flushing them to zero (FTZ:
+results; DAZ: inputs) changes a number below 1.2e-38 into 0, nothing else.
 
 ``torch.set_flush_denormal`` sets the processor's flag on the calling thread only, and
 torch's OpenMP worker threads keep their own: with two threads, an elementwise op flushed
