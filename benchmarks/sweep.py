@@ -3,14 +3,19 @@
     a. one ``python cli.py fit --config <run>/config.yaml`` process per run, one after
        another (the shell-loop baseline: every run pays interpreter and Lightning start-up);
     b. ``python cli.py sweep --workers 1`` (one process, one run after another);
-    c. ``python cli.py sweep`` (``--workers auto``: one worker process per core).
+    c. ``python cli.py sweep`` (``--workers auto``: one worker process per core);
+    o. with ``--before DIR``: c with the ``cli.py`` of another checkout (the code before a
+       change), from this folder, so on the same files.
 
     python benchmarks/sweep.py                                  # the default sweep, 3 repeats
     python benchmarks/sweep.py --labels lstm_16d_sgd_mup_lr1,lstm_64d_sgd_mup_lr1 --repeats 1
     python benchmarks/sweep.py --record --note "quiet machine"  # also into README.md
+    python benchmarks/sweep.py --edge --before ../before --ways aco --repeats 1
+                                  # the saturating edge (benchmarks/edge_sweep.py), old code too
 
 Each way, each repeat, trains into a fresh temporary runs folder. The table (median wall
 seconds per way and the ratios a/c and b/c) goes to stdout; see benchmarks/README.md.
+With o, it also gives how far c's final losses are from o's (what the change did to them).
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ WAYS = {
     "a": "one `cli.py fit` process per run",
     "b": "`cli.py sweep --workers 1`",
     "c": "`cli.py sweep`",
+    "o": "`cli.py sweep` of the code before",
 }
+# --edge: a sweep reaching the saturating edge, on the text corpus (issue 13.4).
+EDGE = {"definitions": "benchmarks/edge_sweep.py", "config": "configs/sweep_stdlib.yaml"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,12 +61,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help="cli.py sweep --config (default: configs/sweep.yaml)")
     p.add_argument("--workers", default="auto", help="c's --workers (default auto)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of each way (median)")
-    p.add_argument("--ways", default="abc", help="which of a, b, c to time (default all)")
+    p.add_argument("--ways", help="which of a, b, c (and o) to time (default all)")
+    p.add_argument("--edge", action="store_true", help="the sweep of benchmarks/edge_sweep.py")
+    p.add_argument("--before", help="o: the checkout whose cli.py is the code before")
     p.add_argument("--record", action="store_true", help="write the result into README.md")
     p.add_argument("--note", help="a line recorded with the result")
     args = p.parse_args(argv)
+    args.ways = args.ways or ("abco" if args.before else "abc")
     if args.repeats < 1 or not args.ways or set(args.ways) - set(WAYS):
-        p.error("--repeats must be at least 1 and --ways a subset of abc")
+        p.error("--repeats must be at least 1 and --ways a subset of abco")
+    if ("o" in args.ways) != bool(args.before):
+        p.error("way o is the code of --before DIR: give both or neither")
+    if args.before and not (Path(args.before) / "cli.py").is_file():
+        p.error(f"--before: {args.before} has no cli.py; name a checkout of this project")
+    for key, value in EDGE.items() if args.edge else ():
+        setattr(args, key, getattr(args, key) or value)
     return args
 
 
@@ -106,13 +123,18 @@ def shell_loop(args: argparse.Namespace, runs_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def sweep_command(args: argparse.Namespace, runs_dir: Path, workers: str) -> tuple[float, int]:
-    """b and c: one ``cli.py sweep`` process, timed from start to exit; and the worker
-    processes it started (its first line says; none: it ran the runs itself)."""
-    command = [sys.executable, "cli.py", "sweep", *selection(args), "--runs_dir", str(runs_dir)]
+def sweep_command(
+    args: argparse.Namespace, runs_dir: Path, workers: str, code: Path = ROOT
+) -> tuple[float, int]:
+    """b, c and o: one ``cli.py sweep`` process of ``code``'s checkout, run from here,
+    timed from start to exit; and the worker processes it started (its first line says;
+    none: it ran the runs itself)."""
+    cli = str(Path(code).resolve() / "cli.py")
+    command = [sys.executable, cli, "sweep", *selection(args), "--runs_dir", str(runs_dir)]
+    env = {**os.environ, "PYTHONPATH": str(Path(code).resolve())}
     start = time.perf_counter()
     done = subprocess.run(
-        [*command, "--workers", workers], cwd=ROOT, capture_output=True, text=True
+        [*command, "--workers", workers], cwd=ROOT, env=env, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -125,6 +147,8 @@ def time_way(args: argparse.Namespace, way: str, runs_dir: Path) -> tuple[float,
     """Wall seconds, and how many runs trained at once."""
     if way == "a":
         return shell_loop(args, runs_dir), 1
+    if way == "o":
+        return sweep_command(args, runs_dir, args.workers, Path(args.before))
     return sweep_command(args, runs_dir, "1" if way == "b" else args.workers)
 
 
@@ -160,6 +184,21 @@ def same_work(args: argparse.Namespace, dirs: dict[str, Path]) -> list[str]:
     return problems
 
 
+def before_after(args: argparse.Namespace, dirs: dict[str, Path]) -> list[float]:
+    """|c's final val/loss - o's| for every run, where both have one (o and c only)."""
+    if "o" not in dirs or "c" not in dirs:
+        return []
+    gaps = []
+    for run in planned(args, dirs["c"]):
+        old, new = (
+            results.read(dirs[w] / run.group / run.label / results.FILE)["metrics"]["val/loss"]
+            for w in "oc"
+        )
+        if old is not None and new is not None:
+            gaps.append(abs(new - old))
+    return gaps
+
+
 # --- reporting -------------------------------------------------------------------------------
 
 
@@ -181,17 +220,21 @@ def table(args: argparse.Namespace, seconds: dict[str, list[float]], workers: in
         lines += ["", f"a / c = {ratio:.2f} (goal ≥ {GOAL}: {verdict})"]
         if "b" in seconds:
             lines[-1] += f"; b / c = {statistics.median(seconds['b']) / c:.2f}"
+    if c and "o" in seconds:
+        lines += ["", f"o / c = {statistics.median(seconds['o']) / c:.2f} (before / after)"]
     return "\n".join(lines)
 
 
 def command_line(args: argparse.Namespace) -> str:
     flags = [*selection(args), "--workers", args.workers, "--repeats", str(args.repeats)]
-    if args.ways != "abc":
+    if args.before:
+        flags += ["--before", args.before]
+    if args.ways != ("abco" if args.before else "abc"):
         flags += ["--ways", args.ways]
     return " ".join(["python benchmarks/sweep.py", *flags])
 
 
-def report(args, seconds, runs: int, workers: int, problems: list[str], load) -> str:
+def report(args, seconds, runs: int, workers: int, problems: list[str], load, gaps=()) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cores = pool.available_cores()
     lines = [
@@ -207,6 +250,11 @@ def report(args, seconds, runs: int, workers: int, problems: list[str], load) ->
     if problems:
         check = "WARNING: the ways differ: " + "; ".join(problems[:5])
     lines += ["", table(args, seconds, workers), "", check]
+    if gaps:
+        lines[-1] += (
+            f" o against c: final val/loss differs by at most {max(gaps):.3g} "
+            f"({sum(g > 0 for g in gaps)} of {len(gaps)} runs differ)."
+        )
     return "\n".join(lines)
 
 
@@ -217,8 +265,9 @@ def log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = len(planned(args, Path(tempfile.gettempdir()) / "unused"))  # validates the selection
-    seconds: dict[str, list[float]] = {way: [] for way in "abc" if way in args.ways}
+    seconds: dict[str, list[float]] = {way: [] for way in "abco" if way in args.ways}
     problems: list[str] = []
+    gaps: list[float] = []
     workers = 1  # c's runs at once
     load = os.getloadavg()[0]
     for r in range(args.repeats):
@@ -232,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 workers = at_once if way == "c" else workers
                 log(f"repeat {r + 1}/{args.repeats} {way}: {seconds[way][-1]:.1f} s")
             problems += same_work(args, dirs)
-    block = report(args, seconds, runs, workers, problems, (load, os.getloadavg()[0]))
+            gaps += before_after(args, dirs)
+    block = report(args, seconds, runs, workers, problems, (load, os.getloadavg()[0]), gaps)
     print(block)
     if args.record:
         selection_key = " ".join(selection(args)) or "default"

@@ -88,7 +88,7 @@ class LanguageModel(L.LightningModule):
             ``data.batching``.
         flush_subnormals: Compute floats below 1.2e-38 as zero, on every CPU thread, while
             the run trains (``lstm_lightning.subnormal``): saturated gates make them, and
-            the CPU's slow path on them made such runs 20x slower. Nothing on a GPU.
+            some CPUs' slow path on them made such runs 20x slower. Nothing on a GPU.
     """
 
     def __init__(
@@ -231,17 +231,12 @@ class LanguageModel(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """For any trainer, the CLI's or one built by hand: fused steps (``FusedSteps``
-        resolves K, ``data.steps_per_batch``, in its ``setup``) and checkpoints loaded as
-        data (``SafeCheckpoints``); each unless the trainer has one."""
-        wanted = (fused.FusedSteps, checkpoints.SafeCheckpoints)
+        resolves K, ``data.steps_per_batch``, in its ``setup``), checkpoints loaded as data
+        (``SafeCheckpoints``), ``flush_subnormals`` (``subnormal.FlushSubnormals``); each
+        unless the trainer has one."""
+        wanted = (fused.FusedSteps, checkpoints.SafeCheckpoints, subnormal.FlushSubnormals)
         have = self.trainer.callbacks
         return [kind() for kind in wanted if not any(isinstance(c, kind) for c in have)]
-
-    def setup(self, stage: str) -> None:  # fit, validate, test: each run sets its own
-        self._subnormals_before = subnormal.set_flush(self.hparams.flush_subnormals)
-
-    def teardown(self, stage: str) -> None:  # the process's threads as they were
-        subnormal.set_flush(self._subnormals_before)
 
     def on_train_start(self) -> None:
         self._direct = idle_wrappers(self.trainer, self)

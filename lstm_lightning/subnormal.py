@@ -3,10 +3,11 @@
 Why: a run at the edge of a learning-rate sweep saturates its sigmoid and tanh gates, and
 the gradients through a saturated gate (sigmoid'(x) = s(1 - s), tanh'(x) = 1 - tanh^2) and
 the values that follow from them shrink below float32's smallest normal number, 1.2e-38.
-x86 processors compute on such subnormal numbers in microcode, tens to a hundred times
-slower than on normal ones: a saturated width-256 run took 20x as long a step as with
-subnormals flushed (issue 13: 215 s against 11 s for 120 steps). Flushing them to zero
-(FTZ: results; DAZ: inputs) changes a number below 1.2e-38 into 0, nothing else.
+Many x86 processors compute on such subnormal numbers in a slow path (microcode), up to
+a hundred times slower than on normal ones: on one, a saturated width-256 run took 20x as
+long a step as with subnormals flushed (issue 13: 215 s against 11 s for 120 steps);
+others (the AMD EPYC of benchmarks/README.md) pay nothing. Flushing them to zero (FTZ:
+results; DAZ: inputs) changes a number below 1.2e-38 into 0, nothing else.
 
 ``torch.set_flush_denormal`` sets the processor's flag on the calling thread only, and
 torch's OpenMP worker threads keep their own: with two threads, an elementwise op flushed
@@ -14,7 +15,10 @@ half of a tensor. ``set_flush`` therefore also runs it on every thread of the ca
 thread's OpenMP team, through ``GOMP_parallel`` (what ``#pragma omp parallel`` compiles
 to) of the libgomp torch loaded; threads created later inherit their creator's flag.
 Where no such library is found (a native thread pool), only the calling thread is set:
-then the setting is exact with one thread only. The flag is the CPU's: on a GPU the
+then the setting is exact with one thread only. ``FlushSubnormals``, a callback every
+``LanguageModel`` adds to its Trainer, sets it for a run and restores it after, even
+after an exception (the flag also applies to Python's own floats on the calling
+thread, and hypothesis, for one, refuses to run under it). The flag is the CPU's: on a GPU the
 setting changes nothing of the arithmetic, and costs nothing.
 """
 
@@ -27,6 +31,7 @@ import glob
 import os
 from collections.abc import Iterator
 
+import lightning as L
 import torch
 
 # (void *data) -> void: the function GOMP_parallel runs on each thread of the team.
@@ -78,6 +83,26 @@ def flushed(on: bool) -> Iterator[None]:
         yield
     finally:
         set_flush(before)
+
+
+class FlushSubnormals(L.Callback):
+    """The model's ``flush_subnormals`` (default on) for the span of a Trainer's fit,
+    validate or test, on every thread; the process's own setting back at its end, also
+    when it raises. ``LanguageModel.configure_callbacks`` adds it to any Trainer."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._before = set_flush(getattr(pl_module.hparams, "flush_subnormals", True))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.restore()  # Lightning calls no teardown hook then
+
+    def restore(self) -> None:
+        if hasattr(self, "_before"):
+            set_flush(self._before)
+            del self._before
 
 
 @functools.cache

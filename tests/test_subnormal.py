@@ -34,8 +34,10 @@ def flushed_share(threads: int = 2) -> float:
 
 
 @pytest.fixture(autouse=True)
-def computed_after():
-    """Every test leaves the process computing subnormals, on every thread."""
+def computed_around():
+    """Every test starts and leaves the process computing subnormals, on every thread (a
+    fit that raised in an earlier test keeps its run's setting: no teardown)."""
+    subnormal.set_flush(False)
     yield
     subnormal.set_flush(False)
 
@@ -75,7 +77,7 @@ def test_flushed_restores_the_setting_before():
     assert flushed_share() == 0.0
 
 
-def fit_share(model: LanguageModel, tmp_path) -> float:
+def fit_share(model: LanguageModel, tmp_path, *callbacks: Callback) -> float:
     """Fit ``model`` 2 steps under a Trainer built by hand, on 2 threads: the share of
     subnormals its threads flush inside the run."""
     data = SequenceDataModule(
@@ -89,7 +91,7 @@ def fit_share(model: LanguageModel, tmp_path) -> float:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[probe],
+        callbacks=[probe, *callbacks],
         default_root_dir=tmp_path,
     )
     torch.set_num_threads(2)
@@ -110,6 +112,18 @@ def test_a_fit_flushes_on_every_thread_unless_told_not_to(on, tmp_path):
     model = LanguageModel(vocab_size=8, hidden_size=8, base_hidden_size=8, **kw)
     assert fit_share(model, tmp_path) == float(on)
     assert flushed_share() == float(not on)
+
+
+class Fails(Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("a run that raises after its setup")
+
+
+def test_a_fit_that_raises_gives_the_process_its_setting_back(tmp_path):
+    model = LanguageModel(vocab_size=8, hidden_size=8, base_hidden_size=8)
+    with pytest.raises(RuntimeError, match="raises after its setup"):
+        fit_share(model, tmp_path, Fails())
+    assert flushed_share() == 0.0
 
 
 @pytest.mark.parametrize("config", [False, True])
