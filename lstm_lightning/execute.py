@@ -23,7 +23,7 @@ import torch
 from filelock import Timeout
 from lightning.pytorch.utilities import rank_zero_only
 
-from lstm_lightning import results, runs
+from lstm_lightning import clock, results, runs
 from lstm_lightning import workers as pool
 from lstm_lightning.files import write_atomic
 from lstm_lightning.fit import build_cli
@@ -171,14 +171,15 @@ def result_record(run: Run, cli, wall: float, tokens_per_second, resumed_from) -
         diverged_at_step=model.diverged_at_step,
         resumed_from_step=resumed_from,
         world_size=cli.trainer.world_size,
-        **compute(wall, cli.trainer.world_size),
+        **compute(wall, cli.trainer.world_size, clock.earlier_core_seconds(cli.trainer)),
     )
 
 
-def compute(wall: float, world_size: int = 1) -> dict:
-    """``threads`` and ``core_seconds``: what this attempt cost, for the report's tables."""
+def compute(wall: float, world_size: int = 1, earlier: float = 0.0) -> dict:
+    """``threads`` and ``core_seconds``: what the run cost, this attempt (``wall``) and
+    the ``earlier`` ones its checkpoint counted (``lstm_lightning.clock``)."""
     threads = torch.get_num_threads()
-    return {"threads": threads, "core_seconds": wall * threads * world_size}
+    return {"threads": threads, "core_seconds": earlier + wall * threads * world_size}
 
 
 def identity(run: Run) -> dict:

@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
-from lstm_lightning import checkpoints, divergence, fused, ranges, subnormal
+from lstm_lightning import checkpoints, clock, divergence, fused, ranges, subnormal
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
 from lstm_lightning.fused import idle_wrappers
@@ -232,9 +232,14 @@ class LanguageModel(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         """For any trainer, the CLI's or one built by hand: fused steps (``FusedSteps``
         resolves K, ``data.steps_per_batch``, in its ``setup``), checkpoints loaded as data
-        (``SafeCheckpoints``), ``flush_subnormals`` (``subnormal.FlushSubnormals``); each
-        unless the trainer has one."""
-        wanted = (fused.FusedSteps, checkpoints.SafeCheckpoints, subnormal.FlushSubnormals)
+        (``SafeCheckpoints``), ``flush_subnormals`` (``subnormal.FlushSubnormals``) and
+        the compute of every attempt (``clock.ComputeClock``); each unless the trainer has one."""
+        wanted = (
+            fused.FusedSteps,
+            checkpoints.SafeCheckpoints,
+            subnormal.FlushSubnormals,
+            clock.ComputeClock,
+        )
         have = self.trainer.callbacks
         return [kind() for kind in wanted if not any(isinstance(c, kind) for c in have)]
 

@@ -64,7 +64,10 @@ FIELDS: dict[str, tuple[tuple[str, ...], str]] = {
     "resumed_from_step": ((INT, NULL), "the checkpoint step this attempt resumed from"),
     "world_size": ((INT, NULL), "processes that trained it (DDP)"),
     "threads": ((INT, NULL), "torch threads of each process in this attempt"),
-    "core_seconds": ((NUMBER, NULL), "this attempt's compute: wall x threads x processes"),
+    "core_seconds": (
+        (NUMBER, NULL),
+        "the run's compute: wall x threads x processes, earlier attempts up to the checkpoint it resumed from included",
+    ),
     "error": ((STR, NULL), "a failed run's one-line error"),
     "worker_death": ((STR, NULL), "how the worker process died under a failed run"),
     "study": ((STR, NULL), "the search (cli.py tune) this run is a trial of, or null"),

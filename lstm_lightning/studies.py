@@ -9,7 +9,7 @@ transfer (``cli.py transfer``) is an experiment group whose name ends in ``.tran
   ties by number, then the others by number), the best trial, each hyperparameter's
   importance (Optuna's PED-ANOVA evaluator, which needs no scikit-learn or scipy; with
   fewer than ``MIN_IMPORTANCE_TRIALS`` complete trials a note says so instead) and the
-  tuning compute: the sum of its trials' ``core_seconds`` (each run's last attempt).
+  tuning compute: the sum of its trials' ``core_seconds`` (every attempt of each run).
 - ``transfer_tables`` gives, per transfer group and target width, TP5's table: the
   transferred recipe's final val/loss (mean ± population std over the seeds that
   completed) and training compute (the runs' ``core_seconds``), the tuning compute of the

@@ -27,7 +27,7 @@ rerun whose config changed, so a study keeps one horizon. A negative list takes 
 
 ``summary`` writes ``<runs>/summary.md`` and ``summary.json``: per corpus, width and arm
 the final val/loss over the seeds (mean, population std, range), the tuning and training
-core-seconds (``result.json``'s ``core_seconds``: each run's last attempt), A against C
+core-seconds (``result.json``'s ``core_seconds``: every attempt of each run), A against C
 and D by the pre-registered rule, the proxies' Spearman correlation of val/loss at half
 and at full horizon (the half-horizon value read from the trials' TensorBoard events,
 since ``result.json`` keeps only the final one), whether the muP and SP proxies agree
@@ -425,7 +425,7 @@ def compute(runs: list[dict]) -> float | None:
 
 def arm_row(found: list[dict], corpus: str, width: int, arm: str) -> dict:
     """An arm at a width: final val/loss over its seeds (mean, population std, range) and
-    its tuning and training compute (core-seconds of each run's last attempt)."""
+    its tuning and training compute (core-seconds of each run, every attempt)."""
     group, tuning = arm_sources(arm, width)
     runs = [r for r in found if r["group"] == group and r["hparams"]["hidden_size"] == width]
     losses = [r["metrics"].get("val/loss") for r in runs if r["status"] == "completed"]

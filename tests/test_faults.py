@@ -377,6 +377,8 @@ def test_workers_1_stops_on_a_signal_with_one_line_and_resumes(project, how, sta
     result = project.result("g", "a")
     assert result["status"] == "completed" and result["steps"] == 400
     assert result["resumed_from_step"] and result["resumed_from_step"] > 0
+    # the stopped attempt's compute up to its last.ckpt counts too (lstm_lightning.clock)
+    assert result["core_seconds"] > result["wall_seconds"] * result["threads"]
 
 
 def test_sigterm_between_runs_stops_at_once_with_exit_143(project, capsys):
