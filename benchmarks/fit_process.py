@@ -112,10 +112,12 @@ def per_step(args: argparse.Namespace, res: Width, validate: bool, first_long: b
 
 
 def minimal_per_step(args: argparse.Namespace, res: Width) -> float:
-    """The minimal loop on the same corpus, optimizer and schedule, D steps after 50."""
+    """The minimal loop on the same corpus, optimizer and schedule: D steps after a
+    warm-up of D / 10 (5 to 50)."""
     flags = [*fit_args(args, res.width), f"--trainer.max_steps={res.base + res.extra}"]
     cli = tp.build_cli([*flags, "--trainer.logger=false"], run=False)
-    return tp.time_minimal(cli, 50, res.extra).seconds / res.extra
+    warmup = min(50, max(5, res.extra // 10))
+    return tp.time_minimal(cli, warmup, res.extra).seconds / res.extra
 
 
 def measure(args: argparse.Namespace, width: int, extra: int) -> Width:

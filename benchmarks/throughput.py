@@ -1,5 +1,6 @@
-"""Training throughput: Lightning ``Trainer.fit`` (the ``cli.py fit`` path) against a plain
-PyTorch loop on the same model, data and thread count.
+"""Training throughput: Lightning ``Trainer.fit`` (the ``cli.py fit`` path) and a plain
+PyTorch loop on the project's model and data, against the minimal loop a user would write
+(the reference), on the same corpus and thread count.
 
     python benchmarks/throughput.py                              # widths 16,128,512, 3 repeats
     python benchmarks/throughput.py --widths 16 --steps 200 --repeats 1   # a quick check
@@ -7,9 +8,12 @@ PyTorch loop on the same model, data and thread count.
 
 Each measurement builds the model, data module and trainer through ``build_cli`` (so through
 ``configs/lstm.yaml`` and the CLI's defaults: TensorBoard logger, ModelCheckpoint save_last,
-progress bar refreshing every 20 steps). The Lightning side calls ``trainer.fit``; the plain
-side trains ``model.net`` with the optimizer and schedule of ``configure_optimizers``, on the
-same DataLoader. Both time the same span of steps; see benchmarks/README.md for the rules.
+progress bar refreshing every 20 steps). fit calls ``trainer.fit``; plain trains
+``model.net`` with the optimizer and schedule of ``configure_optimizers``, on the same
+DataLoader; minimal is nanoGPT's loop (random windows of the train split as one tensor,
+``nn.Embedding`` -> ``nn.LSTM`` -> ``nn.Linear``, Adam with the same per-group learning
+rates and schedule) from the same initial weights. All time the same span of steps, on
+the process's CPU time by default (``--clock``); see benchmarks/README.md for the rules.
 The Markdown table goes to stdout; the progress bar and warnings go to stderr.
 
 A Lightning batch holds K = ``data.steps_per_batch`` optimizer steps. ``--steps_per_batch``
