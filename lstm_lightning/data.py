@@ -162,13 +162,7 @@ class RunSampler(DistributedSampler):
     the trainer's progress), so a resumed run continues where it stopped. A
     DistributedSampler only so that Lightning does not wrap it (as ``EpochSampler``)."""
 
-    def __init__(
-        self,
-        epochs: EpochSampler,
-        epoch_items: int,
-        run_items: int,
-        done_fn: Callable[[], int],
-    ):
+    def __init__(self, epochs: EpochSampler, epoch_items: int, run_items: int, done_fn):
         self.epochs, self.epoch_items, self.run_items = epochs, epoch_items, run_items
         self.done_fn, self.rank, self.num_replicas = done_fn, 0, 1
 
@@ -358,13 +352,17 @@ class SequenceDataModule(L.LightningDataModule):
 
     def _run_sampler(self) -> RunSampler:
         """The training sampler of a run that is one Lightning epoch (``run_steps``)."""
-        batch, progress = self._local_batch_size(), self.trainer.fit_loop.epoch_loop
+        batch, loop = self._local_batch_size(), getattr(self.trainer, "fit_loop", None)
+
+        def done() -> int:  # Lightning batches completed in the run, of steps_per_batch each
+            completed = 0 if loop is None else loop.epoch_loop.batch_progress.total.completed
+            return completed * self.steps_per_batch * batch
+
         return RunSampler(
             self._sampler("train", train=True),
             epoch_items=self.train_steps_per_epoch() * batch,
             run_items=self.run_steps * batch,
-            # Lightning batches completed in the run, each of steps_per_batch batches
-            done_fn=lambda: progress.batch_progress.total.completed * self.steps_per_batch * batch,
+            done_fn=done,
         )
 
     def _loader(self, split: str, train: bool) -> DataLoader:

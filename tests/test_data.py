@@ -176,6 +176,8 @@ def test_a_stack_may_straddle_two_epochs_when_the_run_is_one_epoch():
     assert torch.equal(torch.cat(stacks), batches[: three.run_steps])
     progress.total.completed = 3  # resumed after 3 stacks: 9 steps
     assert torch.equal(torch.cat(list(three.train_dataloader())), batches[9 : three.run_steps])
+    three.trainer = None  # outside a fit: from the start
+    assert torch.equal(torch.cat(list(three.train_dataloader())), batches[: three.run_steps])
 
 
 # --- sources ---------------------------------------------------------------------------
