@@ -267,24 +267,33 @@ class Minimal(torch.nn.Module):
 
 
 def minimal_setup(cli):
-    """The minimal loop's corpus (the train split as one int64 tensor), network (the
-    project's initial weights, so both train the same model up to muP's multipliers) and
-    optimizer: Adam with the project's per-group learning rates and LambdaLR schedule."""
+    """The minimal loop's corpus (the train split as one int64 tensor), network and
+    optimizer: Adam with the project's per-group learning rates and LambdaLR schedule.
+
+    The network starts as the project's: its weights, with muP's multipliers folded in
+    (the readout's 1/m into the readout weight), so it computes the same logits. Adam's
+    update does not depend on a weight's scale, so a weight folded by c trains as the
+    original with its learning rate times c: the minimal loop follows the project's
+    run without the multipliers' ops (``--optimizer adam``, the default)."""
     model, net = cli.model, cli.model.net
     data = torch.as_tensor(cli.datamodule.corpus.train, dtype=torch.int64)  # (N,)
     lstm = net.layers[0]
     mini = Minimal(net.embedding.num_embeddings, lstm.input_size, lstm.hidden_size)
+    folded = {net.embedding.weight: net.embedding_mult, net.readout.weight: net.output_mult}
     with torch.no_grad():
-        mini.embedding.weight.copy_(net.embedding.weight)
+        mini.embedding.weight.copy_(net.embedding.weight * net.embedding_mult)
         for name, p in mini.lstm.named_parameters():
             p.copy_(getattr(lstm, name))
-        mini.readout.weight.copy_(net.readout.weight)
+        mini.readout.weight.copy_(net.readout.weight * net.output_mult)
         mini.readout.bias.copy_(net.readout.bias)
+    # initial_lr: LambdaLR has already scaled lr by the schedule's first factor
     theirs, _ = plain_optimizer(model, cli.trainer.max_steps)
     twin = dict(zip(net.parameters(), mini.parameters()))  # same order, same shapes
-    groups = [
-        {"params": [twin[p] for p in g["params"]], "lr": g["lr"]} for g in theirs.param_groups
-    ]
+    by_lr: dict[float, list] = {}
+    for group in theirs.param_groups:
+        for p in group["params"]:
+            by_lr.setdefault(group["initial_lr"] * folded.get(p, 1.0), []).append(twin[p])
+    groups = [{"params": params, "lr": lr} for lr, params in by_lr.items()]
     optimizer = torch.optim.Adam(groups, betas=model.hparams.betas, eps=model.hparams.eps)
     hp = model.hparams
     factor = functools.partial(
