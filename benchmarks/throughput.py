@@ -1,5 +1,6 @@
-"""Training throughput: Lightning ``Trainer.fit`` (the ``cli.py fit`` path) against a plain
-PyTorch loop on the same model, data and thread count.
+"""Training throughput: Lightning ``Trainer.fit`` (the ``cli.py fit`` path) and a plain
+PyTorch loop on the project's model and data, against the minimal loop a user would write
+(the reference), on the same corpus and thread count.
 
     python benchmarks/throughput.py                              # widths 16,128,512, 3 repeats
     python benchmarks/throughput.py --widths 16 --steps 200 --repeats 1   # a quick check
@@ -7,9 +8,12 @@ PyTorch loop on the same model, data and thread count.
 
 Each measurement builds the model, data module and trainer through ``build_cli`` (so through
 ``configs/lstm.yaml`` and the CLI's defaults: TensorBoard logger, ModelCheckpoint save_last,
-progress bar refreshing every 20 steps). The Lightning side calls ``trainer.fit``; the plain
-side trains ``model.net`` with the optimizer and schedule of ``configure_optimizers``, on the
-same DataLoader. Both time the same span of steps; see benchmarks/README.md for the rules.
+progress bar refreshing every 20 steps). fit calls ``trainer.fit``; plain trains
+``model.net`` with the optimizer and schedule of ``configure_optimizers``, on the same
+DataLoader; minimal is nanoGPT's loop (random windows of the train split as one tensor,
+``nn.Embedding`` -> ``nn.LSTM`` -> ``nn.Linear``, Adam with the same per-group learning
+rates and schedule) from the same initial weights. All time the same span of steps, on
+the process's CPU time by default (``--clock``); see benchmarks/README.md for the rules.
 The Markdown table goes to stdout; the progress bar and warnings go to stderr.
 
 A Lightning batch holds K = ``data.steps_per_batch`` optimizer steps. ``--steps_per_batch``
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime
+import functools
 import logging
 import math
 import os
@@ -44,13 +49,17 @@ from lightning.pytorch.callbacks import Callback
 
 from lstm_lightning.fit import build_cli
 from lstm_lightning.module import make_optimizer
+from lstm_lightning.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "benchmarks" / "README.md"
 CONFIG = ROOT / "configs" / "lstm.yaml"
 DEFAULT_SYNTHETIC_TOKENS = 1_048_576  # SequenceDataModule's default
 TRAIN_SHARE = 0.9  # 1 - val_fraction - test_fraction (the data module's defaults)
-GOALS = {16: 0.95, 512: 0.98}  # width -> the Lightning / plain ratio we aim for
+GOALS = {16: 0.95, 512: 0.98}  # width -> the fit / minimal ratio we aim for
+SIDES = ("minimal", "plain", "lightning")
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]  # set from --clock in main
 
 
 @dataclass
@@ -71,6 +80,7 @@ class WidthResult:
     warmup: int
     plain: list[Run]
     lightning: list[Run]
+    minimal: list[Run]
 
 
 # --- options ---------------------------------------------------------------------------
@@ -97,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steps_per_batch",
         default="auto",
         help="data.steps_per_batch K (default: the K cli.py fit --config configs/lstm.yaml uses)",
+    )
+    p.add_argument(
+        "--clock",
+        default="cpu",
+        choices=sorted(CLOCKS),
+        help="cpu: the process's CPU time (all its threads), blind to other processes "
+        "taking the cores of a shared machine; wall: elapsed time",
     )
     p.add_argument("--record", action="store_true", help=f"write the table into {README}")
     p.add_argument("--note", default="", help="a line recorded with the table (e.g. machine load)")
@@ -214,7 +231,7 @@ def time_plain(cli, warmup: int, steps: int, profiler: cProfile.Profile | None =
     for i in range((warmup + steps) // k + 1):
         stack = next(stacks)  # (K, B, T+1)
         if i == warmup // k:
-            start = time.perf_counter()
+            start = clock()
             if profiler:
                 profiler.enable()
         if i == (warmup + steps) // k:
@@ -226,7 +243,92 @@ def time_plain(cli, warmup: int, steps: int, profiler: cProfile.Profile | None =
             loss.backward()
             optimizer.step()
             scheduler.step()  # the module's schedule steps every step ("interval": "step")
-    end = time.perf_counter()
+    end = clock()
+    if profiler:
+        profiler.disable()
+    return Run(end - start, loss.item())
+
+
+# --- the minimal loop: the reference ---------------------------------------------------
+
+
+class Minimal(torch.nn.Module):
+    """The network a user writes: embedding -> LSTM -> readout, no multipliers."""
+
+    def __init__(self, vocab: int, embedding: int, hidden: int):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, embedding)
+        self.lstm = torch.nn.LSTM(embedding, hidden, batch_first=True)
+        self.readout = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, _ = self.lstm(self.embedding(tokens))  # (B, T, H)
+        return self.readout(x)  # (B, T, V)
+
+
+def minimal_setup(cli):
+    """The minimal loop's corpus (the train split as one int64 tensor), network and
+    optimizer: Adam with the project's per-group learning rates and LambdaLR schedule.
+
+    The network starts as the project's: its weights, with muP's multipliers folded in
+    (the readout's 1/m into the readout weight), so it computes the same logits. Adam's
+    update does not depend on a weight's scale, so a weight folded by c trains as the
+    original with its learning rate times c: the minimal loop follows the project's
+    run without the multipliers' ops (``--optimizer adam``, the default)."""
+    model, net = cli.model, cli.model.net
+    data = torch.as_tensor(cli.datamodule.corpus.train, dtype=torch.int64)  # (N,)
+    lstm = net.layers[0]
+    mini = Minimal(net.embedding.num_embeddings, lstm.input_size, lstm.hidden_size)
+    folded = {net.embedding.weight: net.embedding_mult, net.readout.weight: net.output_mult}
+    with torch.no_grad():
+        mini.embedding.weight.copy_(net.embedding.weight * net.embedding_mult)
+        for name, p in mini.lstm.named_parameters():
+            p.copy_(getattr(lstm, name))
+        mini.readout.weight.copy_(net.readout.weight * net.output_mult)
+        mini.readout.bias.copy_(net.readout.bias)
+    # initial_lr: LambdaLR has already scaled lr by the schedule's first factor
+    theirs, _ = plain_optimizer(model, cli.trainer.max_steps)
+    twin = dict(zip(net.parameters(), mini.parameters()))  # same order, same shapes
+    by_lr: dict[float, list] = {}
+    for group in theirs.param_groups:
+        for p in group["params"]:
+            by_lr.setdefault(group["initial_lr"] * folded.get(p, 1.0), []).append(twin[p])
+    groups = [{"params": params, "lr": lr} for lr, params in by_lr.items()]
+    optimizer = torch.optim.Adam(groups, betas=model.hparams.betas, eps=model.hparams.eps)
+    hp = model.hparams
+    factor = functools.partial(
+        lr_factor,
+        schedule=hp.schedule,
+        warmup_steps=hp.warmup_steps,
+        total_steps=cli.trainer.max_steps,
+    )
+    return data, mini, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def time_minimal(cli, warmup: int, steps: int, profiler: cProfile.Profile | None = None) -> Run:
+    """nanoGPT's loop: random windows of the in-memory corpus, stacked; forward, loss,
+    zero_grad(set_to_none), backward, Adam step, schedule step; nothing else. Timed from
+    the first batch fetch after ``warmup`` steps to the fetch after the last timed one."""
+    data, net, optimizer, scheduler = minimal_setup(cli)
+    batch_size, seq_len = cli.datamodule.hparams.batch_size, cli.datamodule.hparams.seq_len
+    net.train()
+    start = loss = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = clock()
+            if profiler:
+                profiler.enable()
+        ix = torch.randint(len(data) - seq_len - 1, (batch_size,))
+        batch = torch.stack([data[j : j + seq_len + 1] for j in ix])  # (B, T+1)
+        logits = net(batch[:, :-1])  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    ix = torch.randint(len(data) - seq_len - 1, (batch_size,))  # the fetch after the last
+    torch.stack([data[j : j + seq_len + 1] for j in ix])
+    end = clock()
     if profiler:
         profiler.disable()
     return Run(end - start, loss.item())
@@ -253,11 +355,11 @@ class SpanTimer(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.first:
-            self.start = time.perf_counter()
+            self.start = clock()
             if self.profiler:
                 self.profiler.enable()
         elif batch_idx == self.stop:
-            self.end = time.perf_counter()
+            self.end = clock()
             if self.profiler:
                 self.profiler.disable()
 
@@ -284,20 +386,20 @@ def time_lightning(cli, warmup: int, steps: int, profiler: cProfile.Profile | No
 
 
 def measure(args: argparse.Namespace, side: str, width: int, warmup: int, steps: int) -> Run:
-    """One fresh build and one timed run of ``side`` ("plain" or "lightning")."""
+    """One fresh build and one timed run of ``side`` ("minimal", "plain" or "lightning")."""
     with tempfile.TemporaryDirectory() as log_dir:
         cli = build(args, width, warmup + steps + args.steps_per_batch, log_dir)
-        timed = time_plain if side == "plain" else time_lightning
+        timed = {"minimal": time_minimal, "plain": time_plain, "lightning": time_lightning}[side]
         return timed(cli, warmup, steps)
 
 
 def measure_width(args: argparse.Namespace, width: int, steps: int) -> WidthResult:
-    """Alternate the sides (plain first in even repeats, Lightning first in odd ones) so a
-    drift in machine load hits both."""
+    """Rotate the order of the sides from repeat to repeat (minimal, plain, Lightning; then
+    plain, Lightning, minimal; ...) so that a drift in machine load hits all three."""
     warmup = warmup_for(args, steps)
-    result = WidthResult(width, steps, warmup, [], [])
+    result = WidthResult(width, steps, warmup, [], [], [])
     for r in range(args.repeats):
-        order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
+        order = SIDES[r % 3 :] + SIDES[: r % 3]
         for side in order:
             run = measure(args, side, width, warmup, steps)
             getattr(result, side).append(run)
@@ -313,24 +415,30 @@ def log(message: str) -> None:
 
 
 def table(results: list[WidthResult], tokens_per_step: int) -> str:
-    """Markdown: median tok/s per side, their ratio, the min-max of the per-repeat ratios
-    (each Lightning run over the plain run of the same repeat) and the overhead per step."""
+    """Markdown: median tok/s per side; fit / minimal and plain / minimal (medians, and the
+    min-max of the per-repeat ratios: each run over the minimal run of the same repeat);
+    fit's overhead per step over the minimal loop. The minimal loop's tok/s is the
+    machine's own speed: it tells rows from different machines apart."""
     lines = [
-        "| width | steps | plain tok/s | Lightning tok/s | ratio | ratio min–max "
-        "| overhead µs/step | goal |",
-        "|---:|---:|---:|---:|---:|---:|---:|:---|",
+        "| width | steps | minimal tok/s | plain tok/s | fit tok/s | fit / minimal "
+        "| min–max | plain / minimal | min–max | fit overhead µs/step | goal |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|",
     ]
     for res in results:
-        plain = [r.tokens_per_s(res.steps, tokens_per_step) for r in res.plain]
-        light = [r.tokens_per_s(res.steps, tokens_per_step) for r in res.lightning]
-        p, q = statistics.median(plain), statistics.median(light)
-        ratios = [b / a for a, b in zip(plain, light)]
-        overhead = (1 / q - 1 / p) * tokens_per_step * 1e6
+        speeds = {
+            side: [r.tokens_per_s(res.steps, tokens_per_step) for r in getattr(res, side)]
+            for side in SIDES
+        }
+        m, p, q = (statistics.median(speeds[side]) for side in SIDES)
+        fit_r = [b / a for a, b in zip(speeds["minimal"], speeds["lightning"])]
+        plain_r = [b / a for a, b in zip(speeds["minimal"], speeds["plain"])]
+        overhead = (1 / q - 1 / m) * tokens_per_step * 1e6
         goal = GOALS.get(res.width)
-        verdict = "–" if goal is None else f"≥ {goal} {'met' if q / p >= goal else 'missed'}"
+        verdict = "–" if goal is None else f"≥ {goal} {'met' if q / m >= goal else 'missed'}"
         lines.append(
-            f"| {res.width} | {res.steps} | {p:,.0f} | {q:,.0f} | {q / p:.3f} "
-            f"| {min(ratios):.3f}–{max(ratios):.3f} | {overhead:,.0f} | {verdict} |"
+            f"| {res.width} | {res.steps} | {m:,.0f} | {p:,.0f} | {q:,.0f} | {q / m:.3f} "
+            f"| {min(fit_r):.3f}–{max(fit_r):.3f} | {p / m:.3f} "
+            f"| {min(plain_r):.3f}–{max(plain_r):.3f} | {overhead:,.0f} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -370,7 +478,7 @@ def command_line(args: argparse.Namespace) -> str:
         "python benchmarks/throughput.py"
         f" --widths {','.join(map(str, args.widths))} --steps {','.join(map(str, args.steps))}"
         + ("" if args.warmup is None else f" --warmup {args.warmup}")
-        + f" --threads {args.threads} --repeats {args.repeats} --batch_size {args.batch_size}"
+        + f" --threads {args.threads} --clock {args.clock} --repeats {args.repeats} --batch_size {args.batch_size}"
         f" --seq_len {args.seq_len} --optimizer {args.optimizer}"
         f" --steps_per_batch {args.steps_per_batch}"
     )
@@ -428,7 +536,11 @@ def profile(args: argparse.Namespace, top: int) -> None:
     between the two listings is where Lightning's per-step overhead goes."""
     width, steps = args.widths[0], args.steps[0]
     warmup = warmup_for(args, steps)
-    for side, timed in (("plain", time_plain), ("lightning", time_lightning)):
+    for side, timed in (
+        ("minimal", time_minimal),
+        ("plain", time_plain),
+        ("lightning", time_lightning),
+    ):
         profiler = cProfile.Profile()
         with tempfile.TemporaryDirectory() as log_dir:
             cli = build(args, width, warmup + steps + args.steps_per_batch, log_dir)
@@ -455,6 +567,8 @@ def quiet_lightning() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
     quiet_lightning()
     if args.profile:
         profile(args, args.profile)

@@ -19,9 +19,11 @@ The training loader yields K = ``steps_per_batch`` consecutive batches at once, 
 (K, B_local, seq_len + 1) stack on which the model takes K optimizer steps: Lightning's
 fixed cost per batch (hooks, closures, transfer) is paid once per K steps. Batch i of the
 stream is sub-batch i % K of stack i // K, so the arithmetic does not depend on K. Every
-setting counted in steps (max_steps, the validation, logging and checkpoint intervals,
-the epoch length when a run crosses one) must be a multiple of K; ``resolve_steps_per_batch``
-picks K.
+setting counted in steps (max_steps, the validation, logging and checkpoint intervals)
+must be a multiple of K; ``resolve_steps_per_batch`` picks K. A run that crosses the end
+of a data epoch is one Lightning epoch where no setting counts epochs (``RunSampler``:
+its batches of K steps may straddle two data epochs, in the order K = 1 takes them);
+elsewhere a Lightning epoch is a data epoch and K must divide its steps too.
 """
 
 from __future__ import annotations
@@ -152,6 +154,34 @@ class EpochSampler(DistributedSampler):
         """Lightning calls this; the epoch is read from the trainer instead."""
 
 
+class RunSampler(DistributedSampler):
+    """A whole run's training starts as one Lightning epoch (one process): the data epochs
+    of ``epochs`` back to back, each cut to its whole batches (``epoch_items``, as a loader
+    of one batch a step drops a partial last one), ``run_items`` in all. K = 1's order, but
+    K need not divide an epoch's steps. ``done_fn``: the items the run already took (from
+    the trainer's progress), so a resumed run continues where it stopped. A
+    DistributedSampler only so that Lightning does not wrap it (as ``EpochSampler``)."""
+
+    def __init__(self, epochs: EpochSampler, epoch_items: int, run_items: int, done_fn):
+        self.epochs, self.epoch_items, self.run_items = epochs, epoch_items, run_items
+        self.done_fn, self.rank, self.num_replicas = done_fn, 0, 1
+
+    def __len__(self) -> int:
+        return self.run_items
+
+    def __iter__(self) -> Iterator[int]:
+        done = self.done_fn()
+        epoch, skip = divmod(done, self.epoch_items)
+        left = self.run_items - done
+        while left > 0:
+            starts = self.epochs.order(epoch)[skip : self.epoch_items][:left]
+            yield from starts.tolist()
+            left, epoch, skip = left - len(starts), epoch + 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this; the data epoch is read from the trainer's progress."""
+
+
 class SequenceDataModule(L.LightningDataModule):
     """Token sequences for language modelling, from an embedded synthetic process or a file.
 
@@ -214,6 +244,9 @@ class SequenceDataModule(L.LightningDataModule):
         )
         # The K in use; fused.FusedSteps resolves auto when a fit sets up (any Trainer).
         self.steps_per_batch = 1 if steps_per_batch == "auto" else steps_per_batch
+        # Optimizer steps of the one Lightning epoch a run is (RunSampler), or None: an
+        # epoch is a data epoch. fused.FusedSteps sets it with K.
+        self.run_steps: int | None = None
         check(
             val_fraction + test_fraction < 1,
             "data.val_fraction + data.test_fraction must be below 1, leaving a train split",
@@ -317,12 +350,28 @@ class SequenceDataModule(L.LightningDataModule):
 
         return position
 
+    def _run_sampler(self) -> RunSampler:
+        """The training sampler of a run that is one Lightning epoch (``run_steps``)."""
+        batch, loop = self._local_batch_size(), getattr(self.trainer, "fit_loop", None)
+
+        def done() -> int:  # Lightning batches completed in the run, of steps_per_batch each
+            completed = 0 if loop is None else loop.epoch_loop.batch_progress.total.completed
+            return completed * self.steps_per_batch * batch
+
+        return RunSampler(
+            self._sampler("train", train=True),
+            epoch_items=self.train_steps_per_epoch() * batch,
+            run_items=self.run_steps * batch,
+            done_fn=done,
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         steps = self.steps_per_batch if train else 1
+        spans_run = train and self.run_steps is not None
         return DataLoader(
             TokenWindows(getattr(self.corpus, split), self.hparams.seq_len),
             batch_size=self._local_batch_size() * steps,
-            sampler=self._sampler(split, train),
+            sampler=self._run_sampler() if spans_run else self._sampler(split, train),
             collate_fn=functools.partial(stack_steps, steps=steps) if train else stack_batch,
             num_workers=self.hparams.num_workers,
             drop_last=train or self.hparams.batching == "contiguous",

@@ -152,6 +152,7 @@ class FusedSteps(Callback):
         """
         self.restore(trainer)
         check_supported(trainer)
+        data.run_steps = trainer.max_steps if spans_run(trainer, data) else None
         counts, only_one = step_counts(trainer, data, ckpt_path)
         k = resolve_steps_per_batch(data.hparams.steps_per_batch, counts, only_one)
         data.steps_per_batch = k
@@ -231,12 +232,38 @@ def step_counts(
         # against Lightning 2.6.6
         if callback._every_n_train_steps > 0:
             counts["checkpoint.every_n_train_steps"] = callback._every_n_train_steps
-    if trainer.max_steps > epoch:  # the run crosses an epoch's end
+    if trainer.max_steps > epoch and data.run_steps is None:  # batches end with the epoch
         counts["the steps of a training epoch"] = epoch
     if ckpt_path is not None and os.path.isfile(ckpt_path):
         step = checkpoints.load(ckpt_path, mmap=True).get("global_step", 0)  # mmap: no tensors read
         counts["the checkpoint's step (--ckpt_path)"] = step
     return counts, None
+
+
+def spans_run(trainer: Trainer, data: SequenceDataModule) -> bool:
+    """Whether the fit is one Lightning epoch (``data.RunSampler``): it crosses the end of a
+    data epoch, and nothing tells epochs apart. Then K need not divide an epoch's steps.
+
+    Nothing does when the run is one process of independent windows (no TBPTT state to
+    reset at an epoch's start), validates every ``val_check_interval`` steps counted over
+    the run (``check_val_every_n_epoch`` None), takes whole epochs and checkpoints by steps
+    only. Lightning's ``current_epoch`` then stays 0; the data's epochs go on as before."""
+    if trainer.max_steps in (None, -1) or trainer.max_epochs not in (None, -1):
+        return False
+    for callback in trainer.checkpoint_callbacks:
+        # ModelCheckpoint._every_n_epochs: its every_n_epochs (0: off); checked against
+        # Lightning 2.6.6
+        if callback._every_n_epochs > 0:
+            return False
+    return (
+        trainer.world_size == 1
+        and data.hparams.batching == "windows"
+        and trainer.check_val_every_n_epoch is None
+        and isinstance(trainer.val_check_interval, int)
+        and trainer.limit_train_batches == 1.0
+        and not isinstance(trainer.limit_train_batches, int)
+        and trainer.max_steps > data.train_steps_per_epoch()
+    )
 
 
 def idle_wrappers(trainer: L.Trainer, module: L.LightningModule) -> bool:

@@ -46,15 +46,24 @@ class LSTMLM(nn.Module):
     def forward(
         self, tokens: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
-        """tokens (B, T) int64 -> logits (B, T, V) and the final state of every layer."""
-        x = self.embedding(tokens) * self.embedding_mult  # (B, T, E)
+        """tokens (B, T) int64 -> logits (B, T, V) and the final state of every layer.
+
+        A multiplier of 1 and a dropout of 0 are skipped: x * 1.0 is x and dropout(p=0)
+        returns x, bit for bit and in the backward too; each op costs ~25 us a step at
+        width 16, where a whole step is ~5 ms."""
+        x = self.embedding(tokens)  # (B, T, E)
+        if self.embedding_mult != 1.0:
+            x = x * self.embedding_mult
         new_state = []
         for i, lstm in enumerate(self.layers):
             x, layer_state = lstm(x, None if state is None else state[i])  # (B, T, H)
             new_state.append(layer_state)
-            x = self.drop(x)
+            if self.drop.p > 0:
+                x = self.drop(x)
         # The multiplier goes on the readout input, as mup's MuReadout: the bias is unscaled.
-        return self.readout(x * self.output_mult), new_state  # (B, T, V)
+        if self.output_mult != 1.0:
+            x = x * self.output_mult
+        return self.readout(x), new_state  # (B, T, V)
 
 
 def detach_state(state: State | None) -> State | None:

@@ -12,6 +12,7 @@ from torch.utils.data import DistributedSampler
 from lstm_lightning import synthetic
 from lstm_lightning.data import (
     EpochSampler,
+    RunSampler,
     SequenceDataModule,
     TokenWindows,
     row_chunk_starts,
@@ -138,6 +139,45 @@ def test_a_stack_holds_the_next_k_batches(batching):
     assert stacks[0].shape == (4, 4, 9)
     assert torch.equal(torch.cat(stacks), batches[: len(stacks) * 4])
     assert len(stacks) == len(batches) // 4 == one.train_steps_per_epoch() // 4
+
+
+def test_a_run_sampler_takes_the_epochs_of_one_batch_a_step_back_to_back():
+    # 10 windows an epoch, batches of 3: an epoch's whole batches are its first 9 windows.
+    epochs = EpochSampler(lambda p: window_starts(101, 10, p, True), 10, True, seed=1)
+    expected = np.concatenate([epochs.order(e)[:9] for e in range(4)])  # (36,)
+    done = 0
+    run = RunSampler(epochs, epoch_items=9, run_items=30, done_fn=lambda: done)
+    assert len(run) == 30
+    assert list(run) == expected[:30].tolist()
+    done = 12  # a resumed run: 12 windows taken, 3 of them in the second epoch
+    assert list(run) == expected[12:30].tolist()
+
+
+def test_a_stack_may_straddle_two_epochs_when_the_run_is_one_epoch():
+    # run_steps set (by fused.FusedSteps): stacks of K = 3 over epochs whose steps 3 does
+    # not divide hold the batches K = 1 takes epoch by epoch, in the same order.
+    one = small(steps_per_batch=1)
+    one.trainer = None
+    per_epoch = one.train_steps_per_epoch()
+    assert per_epoch % 3 != 0
+    batches = []
+    for epoch in range(3):
+        sampler = one._sampler("train", train=True)
+        starts = sampler.order(epoch)[: per_epoch * 4]
+        batches.append(TokenWindows(one.corpus.train, 8).__getitems__(starts.tolist()))
+    batches = torch.cat(batches).view(-1, 4, 9)  # (3 * per_epoch, B, T+1)
+    three = small(steps_per_batch=3)
+    progress = SimpleNamespace(total=SimpleNamespace(completed=0))
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+    three.trainer = SimpleNamespace(world_size=1, global_rank=0, fit_loop=loop)
+    three.run_steps = 3 * (2 * per_epoch // 3 + 1)  # past the second epoch's end
+    stacks = list(three.train_dataloader())
+    assert stacks[0].shape == (3, 4, 9)
+    assert torch.equal(torch.cat(stacks), batches[: three.run_steps])
+    progress.total.completed = 3  # resumed after 3 stacks: 9 steps
+    assert torch.equal(torch.cat(list(three.train_dataloader())), batches[9 : three.run_steps])
+    three.trainer = None  # outside a fit: from the start
+    assert torch.equal(torch.cat(list(three.train_dataloader())), batches[: three.run_steps])
 
 
 # --- sources ---------------------------------------------------------------------------

@@ -193,6 +193,31 @@ def test_a_step_count_that_16_does_not_divide(tiny, tmp_path):
     assert [step for step, _ in curves(auto)["train/loss"]] == [3, 7, 11, 15, 19]
 
 
+def test_a_run_across_epochs_takes_k_that_does_not_divide_an_epoch(tiny, tmp_path):
+    # 4096 tokens: epochs of 28 steps. 40 steps, logs every 8: auto takes K = 8 (the run is
+    # one Lightning epoch, data.RunSampler), not the 4 that 28 allows, with K = 1's losses.
+    extra = ["--data.synthetic_tokens", "4096", "--model.dropout", "0.1"]
+    extra += ["--trainer.log_every_n_steps", "8"]
+    one = fit(tiny, tmp_path, "k1", *extra, "--data.steps_per_batch", "1", steps=40)
+    auto = fit(tiny, tmp_path, "auto", *extra, steps=40)
+    assert curves(one) == curves(auto)
+    assert [c["steps_per_batch"] for c in checkpoints(auto).values()] == [8] * 6
+    for name, ckpt in checkpoints(one).items():
+        assert_same_checkpoint(ckpt, checkpoints(auto)[name])
+
+
+def test_epochs_that_count_keep_k_a_divisor_of_an_epoch(tiny):
+    # Validating by epochs (check_val_every_n_epoch) needs batches that end with the epoch.
+    data = ["--data.synthetic_tokens", "4096", "--trainer.log_every_n_steps", "8"]
+    spans = build_cli(tiny(*data, steps=40), run=False).datamodule
+    assert (spans.run_steps, spans.steps_per_batch) == (40, 8)
+    by_epoch = tiny(*data, steps=40)
+    by_epoch[by_epoch.index("--trainer.check_val_every_n_epoch") + 1] = "1"
+    by_epoch[by_epoch.index("--trainer.val_check_interval") + 1] = "1.0"
+    epochs = build_cli(by_epoch, run=False).datamodule
+    assert (epochs.run_steps, epochs.steps_per_batch) == (None, 4)
+
+
 def test_lightning_wrappers_and_direct_steps_agree(tiny, tmp_path, monkeypatch):
     # Where Lightning's backward and step wrappers would only call idle hooks, a step calls
     # torch directly (idle_wrappers); forcing the wrappers must change nothing.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -218,3 +220,26 @@ def test_a_nan_from_output_mult_does_not_blame_the_learning_rate(tiny, capsys):
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "diverged" in ln]
     assert "at step 0;" in line and "lower model.output_mult (now 1e+30)" in line
     assert "learning_rate" not in line
+
+
+def test_validation_logs_each_metric_once_and_it_covers_every_batch(tiny, monkeypatch):
+    # self.log costs ~1 ms a call: a metric object is logged on an epoch's first batch only;
+    # Lightning computes it at the epoch's end from the updates of all its batches.
+    cli = build_cli(tiny(), run=False)
+    calls = []
+    log = LanguageModel.log
+    monkeypatch.setattr(
+        LanguageModel,
+        "log",
+        lambda self, name, *a, **kw: calls.append(name) or log(self, name, *a, **kw),
+    )
+    (metrics,) = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert calls.count("val/loss") == calls.count("val/ppl") == 1
+    model, losses = cli.model.eval(), []
+    with torch.no_grad():
+        for i, batch in enumerate(cli.datamodule.val_dataloader()):
+            if i < cli.trainer.limit_val_batches:  # 4 batches of the same size
+                losses.append(model.model_step(batch, "check")[0])
+    assert len(losses) == 4
+    assert metrics["val/loss"] == pytest.approx(torch.stack(losses).mean().item(), rel=1e-6)
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
