@@ -25,9 +25,7 @@ size and a sha256, so a result can be traced to its corpus.
 
 from __future__ import annotations
 
-import argparse
 import ast
-import hashlib
 import itertools
 import platform
 import re
@@ -39,7 +37,7 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lstm_lightning.files import write_atomic  # noqa: E402
+from scripts.stdlib_corpus import write_main  # noqa: E402
 
 DEFAULT_BYTES = 1280 * 1024  # 1.25 MiB: Pythons 3.10-3.13 give 1.44-1.55 MB
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -111,25 +109,8 @@ def build(n_bytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="data/prose.txt", help="output file (default: %(default)s)")
-    ap.add_argument("--bytes", type=int, default=DEFAULT_BYTES, help="minimum size in bytes")
-    args = ap.parse_args(argv)
-    if args.bytes < 1:
-        raise SystemExit(f"error: --bytes must be at least 1, got {args.bytes}")
-    if Path(args.out).is_dir():
-        raise SystemExit(f"error: --out {args.out} is a directory; name the file to write")
-    data = build(args.bytes).encode("utf-8")
-    try:
-        write_atomic(Path(args.out), data)  # makes the missing folders
-    except OSError as err:
-        raise SystemExit(f"error: --out {args.out}: cannot write it ({err.strerror})") from None
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    print(
-        f"wrote {args.out}: {len(data)} bytes, {len(set(data.decode()))} characters, "
-        f"Python {platform.python_version()}, sha256 {digest}"
-    )
-    return 0
+    version = f"Python {platform.python_version()}, "
+    return write_main(argv, __doc__, "data/prose.txt", DEFAULT_BYTES, build, version)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,15 @@ def build(n_bytes: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="data/stdlib.txt", help="output file (default: %(default)s)")
-    ap.add_argument("--bytes", type=int, default=DEFAULT_BYTES, help="minimum size in bytes")
+    return write_main(argv, __doc__, "data/stdlib.txt", DEFAULT_BYTES, build)
+
+
+def write_main(argv, doc: str, default_out: str, default_bytes: int, build, say="") -> int:
+    """The corpus scripts' command line: ``--out``, ``--bytes``; ``build(n_bytes)`` gives
+    the text, written atomically; prints its size, characters, ``say`` and its sha256."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", default=default_out, help="output file (default: %(default)s)")
+    ap.add_argument("--bytes", type=int, default=default_bytes, help="minimum size in bytes")
     args = ap.parse_args(argv)
     if args.bytes < 1:
         raise SystemExit(f"error: --bytes must be at least 1, got {args.bytes}")
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --out {args.out}: cannot write it ({err.strerror})") from None
     digest = hashlib.sha256(data).hexdigest()[:16]
     print(
-        f"wrote {args.out}: {len(data)} bytes, {len(set(data.decode()))} characters, sha256 {digest}"
+        f"wrote {args.out}: {len(data)} bytes, {len(set(data.decode()))} characters, "
+        f"{say}sha256 {digest}"
     )
     return 0
 
