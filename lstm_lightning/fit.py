@@ -155,6 +155,12 @@ class LSTMLightningCLI(LightningCLI):
         self.resume: dict = {}  # logger settings a fit resumed from a checkpoint needs
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:
+            if subcommand in ("validate", "test"):  # legitimate (the loss at init), rarely meant
+                print(
+                    f"note: {subcommand} without --ckpt_path scores the model as initialised, "
+                    "untrained; --ckpt_path PATH (or last) scores a trained one",
+                    file=sys.stderr,
+                )
             return
         if ckpt_path == "last":
             ckpt_path, self.resume = find_last(config)

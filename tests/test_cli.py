@@ -389,6 +389,13 @@ def test_fit_without_a_config_is_refused(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_scoring_without_a_checkpoint_says_the_model_is_untrained(tiny, capsys, subcommand):
+    assert main([subcommand, *tiny()]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {subcommand} without --ckpt_path scores the model as initialised" in err
+
+
 def test_validate_refuses_a_model_flag_the_checkpoint_would_ignore(tiny, tmp_path, capsys):
     assert main(["fit", *tiny()]) == 0
     run = tmp_path / "runs" / "lstm" / "version_0"
