@@ -37,6 +37,7 @@ trial by trial, and the SP ranking of the same points at the proxy and at the ta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -139,6 +140,11 @@ def derived_config(args, corpus: str, parametrization: str, width: int) -> Path:
     return path
 
 
+def data_ready(corpus: str) -> bool:
+    """Whether the corpus file is there (the data step is judged by it, not by a marker)."""
+    return data_path(corpus).is_file()
+
+
 def data_path(corpus: str) -> Path:
     with open(ROOT / CORPORA[corpus][0], encoding="utf-8") as f:
         return ROOT / yaml.safe_load(f)["data"]["path"]
@@ -233,7 +239,7 @@ def plan(args) -> list[Step]:
     for corpus in args.corpora:
         path = data_path(corpus)
         steps.append(Step(f"{corpus}.data", "data", [sys.executable, CORPORA[corpus][1], "--out",
-                          str(path.relative_to(ROOT))], done_if=path.is_file))  # fmt: skip
+                          str(path.relative_to(ROOT))], done_if=functools.partial(data_ready, corpus)))  # fmt: skip
     for corpus in args.corpora:
         steps += proxy_steps(args, corpus)
     for width in args.widths:
