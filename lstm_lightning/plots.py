@@ -1,5 +1,6 @@
 """The transfer plot (validation loss against log2 learning rate, a curve per width) and a
-study's slice plot (``plot_slices``: its objective against each hyperparameter).
+study's slice plot (``plot_slices``: its objective against each hyperparameter), and the
+μTransfer study's loss against width per arm (``plot_arms``).
 
 ``plot_transfer`` draws it (matplotlib's Agg canvas: no display needed) from the numbers
 of ``transfer``; nothing else in the project imports matplotlib.
@@ -239,3 +240,52 @@ def _slice_panel(ax: Axes, key: str, dist: dict, trials: list[dict]) -> dict:
     else:
         ax.text(0.5, 0.5, "no complete trial", transform=ax.transAxes, ha="center")
     return {"key": key, "scale": scale, "points": len(trials), "clipped": clipped}
+
+
+# --- the μTransfer study's arms -------------------------------------------------------------
+
+ARM_STYLE = {  # arm -> (colour, marker, label); the study's protocol names the arms
+    "A": ("tab:green", "o", "A: muP, tuned at the proxy"),
+    "B": ("tab:red", "v", "B: SP, tuned at the proxy"),
+    "C": ("tab:blue", "s", "C: SP, tuned at the target"),
+    "D": ("tab:gray", "D", "D: SP, lr grid at the target"),
+}
+
+
+def plot_arms(rows: list[dict], out: str | os.PathLike | BinaryIO) -> list[dict]:
+    """Final val/loss against width, a line per arm, a panel per corpus, as a PNG into
+    ``out``. ``rows`` are the study summary's (corpus, width, arm, loss_mean, loss_min,
+    loss_max, n_seeds); the marker is the mean over seeds, the bar spans min to max. An arm
+    with no finished seed at a width has no point there. Returns per panel: corpus, and
+    arm -> widths drawn."""
+    corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+    fig = Figure(figsize=(4.6 * max(len(corpora), 1) + 1.6, 3.8), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg draws off-screen: no display needed
+    axes = fig.subplots(1, max(len(corpora), 1), squeeze=False)[0]  # (corpora,) of Axes
+    meta = []
+    for ax, corpus in zip(axes, corpora):
+        drawn = {}
+        for arm, (color, marker, label) in ARM_STYLE.items():
+            mine = sorted(
+                (r for r in rows if r["corpus"] == corpus and r["arm"] == arm and r["n_seeds"]),
+                key=lambda r: r["width"],
+            )
+            if not mine:
+                continue
+            x = np.array([r["width"] for r in mine], dtype=float)  # (W,)
+            y = np.array([r["loss_mean"] for r in mine])  # (W,)
+            bars = np.array([[m - r["loss_min"], r["loss_max"] - m] for r, m in zip(mine, y)])
+            ax.errorbar(x, y, yerr=bars.T, color=color, marker=marker, label=label, capsize=3)
+            drawn[arm] = [int(w) for w in x]
+        ax.set_xscale("log", base=2)
+        ax.set_title(corpus)
+        ax.set_xlabel("width (hidden size)")
+        ax.set_ylabel("final val/loss (nats), mean over seeds")
+        ax.grid(alpha=0.3)
+        meta.append({"corpus": corpus, "arms": drawn})
+    if meta:
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "no finished arm", transform=axes[0].transAxes, ha="center")
+    fig.savefig(out, format="png", dpi=DPI)
+    return meta

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import math
 import os
@@ -56,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lstm_lightning import results  # noqa: E402
 from lstm_lightning.files import write_atomic  # noqa: E402
+from lstm_lightning.plots import plot_arms  # noqa: E402
 
 CORPORA = {  # name -> (base config, script that writes its data)
     "stdlib": ("configs/study/stdlib.yaml", "scripts/stdlib_corpus.py"),
@@ -598,7 +600,10 @@ def summary(args) -> int:
     if args.runs.is_dir():
         write_atomic(args.runs / "summary.md", text)
         write_atomic(args.runs / "summary.json", json.dumps(results.finite(doc), indent=2) + "\n")
-        say(f"wrote {args.runs / 'summary.md'}, {args.runs / 'summary.json'}")
+        png = io.BytesIO()
+        plot_arms(doc["arms"], png)
+        write_atomic(args.runs / "arms.png", png.getvalue())
+        say(f"wrote {args.runs / 'summary.md'}, {args.runs / 'summary.json'}, arms.png")
     return 0
 
 

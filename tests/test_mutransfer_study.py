@@ -260,8 +260,11 @@ def test_the_paired_ranking_uses_the_same_trial_numbers():
 
 
 def test_summary_of_an_empty_study_is_a_table_with_no_rows(toy, capsys):
-    assert study.summary(toy("summary")) == 0
+    args = toy("summary")
+    args.runs.mkdir(parents=True, exist_ok=True)
+    assert study.summary(args) == 0
     assert "| corpus | width | arm |" in capsys.readouterr().out
+    assert (args.runs / "arms.png").read_bytes().startswith(b"\x89PNG")  # the figure
 
 
 def test_horizon_stability_reads_the_half_horizon_from_tensorboard(tmp_path):

@@ -1,7 +1,9 @@
-"""The transfer plot: one panel per pair, its size, the clip line, the fitted ticks."""
+"""The transfer plot: one panel per pair, its size, the clip line, the fitted ticks; the
+study's arms plot."""
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from lstm_lightning import plots
-from lstm_lightning.plots import y_limits
+from lstm_lightning.plots import plot_arms, y_limits
 from lstm_lightning.report import write_report
 
 
@@ -59,3 +61,23 @@ def test_plot_marks_each_widths_fitted_optimum(transfer_sweep):
     sp, mup = transfer_sweep[1]["panels"]
     assert mup["fitted"] == pytest.approx({16: -3.3, 64: -3.3, 256: -3.3})
     assert sp["fitted"] == pytest.approx({16: -3.25, 64: -4.25, 256: -5.6})
+
+
+def arm(corpus, width, name, losses):
+    return {"corpus": corpus, "width": width, "arm": name, "n_seeds": len(losses),
+            "loss_mean": sum(losses) / len(losses) if losses else None,
+            "loss_min": min(losses, default=None), "loss_max": max(losses, default=None)}  # fmt: skip
+
+
+def test_arms_plot_draws_each_arm_at_its_finished_widths():
+    rows = [arm("stdlib", 256, "A", [1.42, 1.43]), arm("stdlib", 512, "A", [1.40]),
+            arm("stdlib", 256, "C", [1.45, 1.47, 1.46]), arm("stdlib", 512, "C", []),
+            arm("prose", 256, "B", [2.0])]  # fmt: skip
+    out = io.BytesIO()
+    meta = plot_arms(rows, out)
+    assert meta == [
+        {"corpus": "stdlib", "arms": {"A": [256, 512], "C": [256]}},  # C at 512: no seed yet
+        {"corpus": "prose", "arms": {"B": [256]}},
+    ]
+    assert out.getvalue().startswith(b"\x89PNG")
+    assert plot_arms([], io.BytesIO()) == []
