@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from lstm_lightning import execute
 from lstm_lightning import runs as folders
 from lstm_lightning.cli import main
+from lstm_lightning.config_hash import legacy_hash
 from tests.conftest import ROOT, group, run_cli, start_cli
 
 
@@ -63,7 +64,7 @@ def test_results_hashed_the_old_way_are_accepted_even_after_a_move(project, tmp_
     for label in "ab":  # as the previous version wrote them: sha256 of config.yaml's text
         run = project.runs / "g" / label
         result = project.result("g", label)
-        result["config_hash"] = folders.legacy_hash((run / "config.yaml").read_text())
+        result["config_hash"] = legacy_hash((run / "config.yaml").read_text())
         (run / "result.json").write_text(json.dumps(result))
     moved = tmp_path / "moved"
     shutil.move(project.runs, moved)
