@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from filelock import FileLock
 
 from lstm_lightning import results
+from lstm_lightning.checkpoints import Unreadable
+from lstm_lightning.checkpoints import load as load_checkpoint
 from lstm_lightning.config_hash import ARGUMENTS, changes, differing, same_config
 from lstm_lightning.corpus import check_source
 from lstm_lightning.data import SequenceDataModule
@@ -213,16 +214,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The global step a checkpoint holds. ``weights_only``: a file planted in a run
-    folder is read as data, never executed; mmap: no tensor is read into memory."""
+    """The global step a checkpoint holds, read by ``checkpoints.load``: a file planted in a
+    run folder is read as data, never executed; mmap: no tensor is read into memory."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        step = checkpoint["global_step"]
-    except Exception as err:  # noqa: BLE001 - any unreadable file: the run says which
-        why = " ".join(str(err).split())[:200]
+        step = load_checkpoint(path, mmap=True, what="checkpoint").get("global_step")
+    except Unreadable as err:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {why}); delete it "
-            "to rerun the run from the start"
+            f"{path} is not a readable checkpoint ({err.cause}); delete it to rerun the run "
+            "from the start"
         ) from None
     if not isinstance(step, int):
         raise CheckpointError(f"{path} holds no global step; delete it to rerun the run")

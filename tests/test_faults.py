@@ -198,6 +198,23 @@ def test_a_truncated_checkpoint_fails_only_its_run(project, capsys):
     assert "delete it to rerun" in failed["error"]
 
 
+def test_a_run_folders_checkpoint_is_read_by_the_one_safe_loader_which_says_why(tmp_path):
+    # runs.checkpoint_step reads through checkpoints.load: its refusal's cause, in run words.
+    marker, path = tmp_path / "executed", tmp_path / "last.ckpt"
+    torch.save({"global_step": Payload(marker)}, path)
+    with pytest.raises(folders.CheckpointError) as refused:
+        folders.checkpoint_step(path)
+    assert not marker.exists()
+    said = str(refused.value)
+    assert said.startswith(f"{path} is not a readable checkpoint (it holds a Python object")
+    assert "nothing in it ran" in said and said.endswith(
+        "delete it to rerun the run from the start"
+    )
+    torch.save({"epoch": 0}, path)
+    with pytest.raises(folders.CheckpointError, match="holds no global step; delete it"):
+        folders.checkpoint_step(path)
+
+
 # --- 11.8, 11.11: bad input is one line before anything runs -----------------------------------
 
 
