@@ -35,11 +35,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lstm_lightning import sweep
 from lstm_lightning import workers as pool
+from lstm_lightning.config_hash import ARGUMENTS, flatten
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.files import write_atomic
 from lstm_lightning.groups import check_structure
 from lstm_lightning.parametrization import Parametrization
-from lstm_lightning.runs import ARGUMENTS, flatten, resolve_key, set_path
+from lstm_lightning.runs import resolve_key, set_path
 
 DEFINITION, JOURNAL, BEST = "study.yaml", "study.journal", "best.yaml"
 SECTIONS = ("model", "data", "trainer", "seed_everything")  # what best.yaml may hold

@@ -4,9 +4,10 @@ A checkpoint's pickle may name any Python callable, and ``torch.load(weights_onl
 calls it: a planted ``.ckpt`` would run code. Every load goes through ``load``, which uses
 torch's weights-only unpickler (tensors, containers, numbers, strings and the few types
 in ``SAFE_GLOBALS``) and refuses anything else in one line naming the file, without
-running it. ``SafeCheckpointIO`` makes Lightning's own load of ``ckpt_path`` do the same,
-whatever ``--weights_only`` says; ``SafeCheckpoints`` installs it on any trainer (the
-model adds it in ``configure_callbacks``), before Lightning restores a checkpoint.
+running it (``Unreadable``). ``SafeCheckpointIO`` makes Lightning's own load of
+``ckpt_path`` do the same, whatever ``--weights_only`` says; ``SafeCheckpoints`` installs it
+on any trainer (the model adds it in ``configure_callbacks``), before Lightning restores a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -31,30 +32,38 @@ SAFE_GLOBALS = list(RULES)
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
+class Unreadable(ConfigError):
+    """``load``'s refusal of a file, worded for the setting that named it; ``cause`` is
+    why, without the file's name, for a caller that words it otherwise."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+
+
 def load(path, map_location: Any = "cpu", mmap: bool = False, what: str = "--ckpt_path") -> dict:
-    """The checkpoint at ``path``, unpickled with ``weights_only=True``; a ``ConfigError``
+    """The checkpoint at ``path``, unpickled with ``weights_only=True``; an ``Unreadable``
     line (``what``: the setting that named it) for a file that is not such a checkpoint.
     ``mmap`` reads no tensor until used (zip checkpoints, which Lightning writes)."""
     try:
         mmap = mmap and zipfile.is_zipfile(path)
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
-        raise ConfigError(f"{what}: {path} does not exist") from None
+        raise Unreadable(f"{what}: {path} does not exist", "it does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found:
-            raise ConfigError(
+            raise Unreadable(
                 f"{what}: {path} holds a Python object ({found[1]}) that a checkpoint never "
-                "needs; refused unread (nothing in it ran). Use a checkpoint this project wrote"
+                "needs; refused unread (nothing in it ran). Use a checkpoint this project wrote",
+                f"it holds a Python object ({found[1]}); refused unread, nothing in it ran",
             ) from None
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
         reason = unpickler[1] if unpickler else str(err).strip().split("\n")[0].split(". ")[0]
-        raise ConfigError(
-            f"{what}: {path} is not a readable checkpoint ({reason or 'empty'}; truncated, or "
-            "not written by torch.save)"
-        ) from None
+        cause = f"{reason or 'empty'}; truncated, or not written by torch.save"
+        raise Unreadable(f"{what}: {path} is not a readable checkpoint ({cause})", cause) from None
     if not isinstance(checkpoint, dict):
-        raise ConfigError(f"{what}: {path} is not a Lightning checkpoint")
+        raise Unreadable(f"{what}: {path} is not a Lightning checkpoint", "it is not a dict")
     return checkpoint
 
 

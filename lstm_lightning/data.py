@@ -1,4 +1,4 @@
-"""The DataModule that batches token streams: windows, samplers, DDP shards, floors.
+"""The DataModule that batches token streams: windows, loaders, stacks of K, floors.
 
 A source (``corpus``) gives three contiguous 1-D token streams (train, val, test). A
 batch is a (B_local, seq_len + 1) int64 tensor of windows; the model reads [:, :-1] and
@@ -10,10 +10,9 @@ predicts [:, 1:]. Two batchings:
 - ``contiguous``: the stream is cut into ``batch_size`` rows and batch i is chunk i of
   every row, so the LSTM state can be carried across batches (TBPTT).
 
-A sampler yields window start offsets; the dataset gathers a whole batch with one
-fancy-index (``__getitems__``), so there is no per-window Python work. Under DDP, rank r
-takes every W-th offset: the union of the ranks' batch i is exactly the single-process
-batch i, and in ``contiguous`` mode every rank keeps the same rows from batch to batch.
+A sampler (``lstm_lightning.samplers``) yields window start offsets, this rank's share
+under DDP; the dataset gathers a whole batch with one fancy-index (``__getitems__``), so
+there is no per-window Python work.
 
 The training loader yields K = ``steps_per_batch`` consecutive batches at once, a
 (K, B_local, seq_len + 1) stack on which the model takes K optimizer steps: Lightning's
@@ -21,7 +20,7 @@ fixed cost per batch (hooks, closures, transfer) is paid once per K steps. Batch
 stream is sub-batch i % K of stack i // K, so the arithmetic does not depend on K. Every
 setting counted in steps (max_steps, the validation, logging and checkpoint intervals)
 must be a multiple of K; ``resolve_steps_per_batch`` picks K. A run that crosses the end
-of a data epoch is one Lightning epoch where no setting counts epochs (``RunSampler``:
+of a data epoch is one Lightning epoch where no setting counts epochs (``samplers.RunSampler``:
 its batches of K steps may straddle two data epochs, in the order K = 1 takes them);
 elsewhere a Lightning epoch is a data epoch and K must divide its steps too.
 """
@@ -29,19 +28,20 @@ elsewhere a Lightning epoch is a data epoch and K must divide its steps too.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from lstm_lightning import ranges, synthetic
 from lstm_lightning.corpus import SYNTHETIC_CHAIN_LEN, Corpus, Source, load_corpus
 from lstm_lightning.errors import check
 from lstm_lightning.fused import stack_steps
 from lstm_lightning.ranges import NonNegativeInt, OpenUnitInterval, PositiveInt
+from lstm_lightning.samplers import EpochSampler, RunSampler, row_chunk_starts, window_starts
 
 Batching = Literal["windows", "contiguous"]
 
@@ -70,116 +70,6 @@ class TokenWindows(Dataset):
 def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     """Collate for ``TokenWindows``: ``__getitems__`` already returns the stacked batch."""
     return batch
-
-
-def window_starts(n: int, seq_len: int, phase: int = 0, shifting: bool = False) -> np.ndarray:
-    """Starts ``phase + k * seq_len`` of windows of seq_len + 1 tokens in a stream of n.
-
-    With ``shifting`` the count is the one that fits for every phase in [0, seq_len), so
-    a training epoch has the same length whatever phase it draws.
-    """
-    count = (n - seq_len) // seq_len if shifting else (n - 1 - phase) // seq_len
-    return phase + seq_len * np.arange(max(count, 0))
-
-
-def row_chunk_starts(n: int, seq_len: int, rows: int) -> np.ndarray:
-    """Contiguous batching: cut ``n`` tokens into ``rows`` rows; chunk-major order.
-
-    Returns (chunks * rows,) starts: batch i is starts[i*rows:(i+1)*rows], row j's
-    chunk i starts at j * row_len + i * seq_len.
-    """
-    row_len = n // rows
-    chunks = (row_len - 1) // seq_len
-    i, j = np.meshgrid(np.arange(chunks), np.arange(rows), indexing="ij")
-    return (j * row_len + i * seq_len).reshape(-1)
-
-
-class EpochSampler(DistributedSampler):
-    """Yields this rank's window starts for one epoch, a pure function of (seed, epoch).
-
-    ``starts_fn(phase)`` gives the starts at a phase. With ``shuffle`` every epoch draws a
-    phase in [0, num_phases) and a permutation (``windows`` training); otherwise the
-    starts at phase 0 come in order. ``position_fn`` gives (epoch, items already taken
-    this epoch) from the trainer's progress, so a resumed run draws the same order and
-    continues where it stopped.
-
-    Rank r of W takes positions r, r+W, ... of the epoch's order, so the union of the
-    ranks' batch i is the single-process batch i, and in contiguous mode a rank keeps
-    its rows. It subclasses DistributedSampler only so that Lightning sees it is
-    already sharded and does not wrap it (Lightning's wrapper would reshuffle it).
-    """
-
-    def __init__(
-        self,
-        starts_fn: Callable[[int], np.ndarray],
-        num_phases: int,
-        shuffle: bool,
-        seed: int,
-        position_fn: Callable[[], tuple[int, int]] = lambda: (0, 0),
-        rank: int = 0,
-        world_size: int = 1,
-        equal_shards: bool = True,
-    ):
-        # No super().__init__: it would ask torch.distributed for the rank and world size.
-        self.starts_fn, self.num_phases, self.shuffle, self.seed = (
-            starts_fn,
-            num_phases,
-            shuffle,
-            seed,
-        )
-        self.position_fn, self.rank, self.num_replicas = position_fn, rank, world_size
-        total = len(starts_fn(0))
-        # Training shards must be equal (every rank steps together); eval takes all.
-        self.length = total // world_size if equal_shards else len(range(rank, total, world_size))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def order(self, epoch: int) -> np.ndarray:
-        """All ranks' starts for ``epoch``, in order."""
-        if not self.shuffle:
-            return self.starts_fn(0)
-        rng = np.random.default_rng([self.seed, epoch])
-        starts = self.starts_fn(int(rng.integers(self.num_phases)))
-        return starts[rng.permutation(len(starts))]
-
-    def __iter__(self) -> Iterator[int]:
-        epoch, skip = self.position_fn()
-        mine = self.order(epoch)[self.rank :: self.num_replicas][: self.length]
-        # A run resumed mid-epoch continues where it stopped instead of replaying the
-        # epoch's first batches: skip is the number of items this rank already took.
-        return iter(mine[skip:].tolist())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this; the epoch is read from the trainer instead."""
-
-
-class RunSampler(DistributedSampler):
-    """A whole run's training starts as one Lightning epoch (one process): the data epochs
-    of ``epochs`` back to back, each cut to its whole batches (``epoch_items``, as a loader
-    of one batch a step drops a partial last one), ``run_items`` in all. K = 1's order, but
-    K need not divide an epoch's steps. ``done_fn``: the items the run already took (from
-    the trainer's progress), so a resumed run continues where it stopped. A
-    DistributedSampler only so that Lightning does not wrap it (as ``EpochSampler``)."""
-
-    def __init__(self, epochs: EpochSampler, epoch_items: int, run_items: int, done_fn):
-        self.epochs, self.epoch_items, self.run_items = epochs, epoch_items, run_items
-        self.done_fn, self.rank, self.num_replicas = done_fn, 0, 1
-
-    def __len__(self) -> int:
-        return self.run_items
-
-    def __iter__(self) -> Iterator[int]:
-        done = self.done_fn()
-        epoch, skip = divmod(done, self.epoch_items)
-        left = self.run_items - done
-        while left > 0:
-            starts = self.epochs.order(epoch)[skip : self.epoch_items][:left]
-            yield from starts.tolist()
-            left, epoch, skip = left - len(starts), epoch + 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this; the data epoch is read from the trainer's progress."""
 
 
 class SequenceDataModule(L.LightningDataModule):

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lstm_lightning import clock, results, runs
 from lstm_lightning import workers as pool
+from lstm_lightning.config_hash import config_hash
 from lstm_lightning.files import write_atomic
 from lstm_lightning.fit import build_cli
 from lstm_lightning.requeue import Requeued
@@ -187,7 +188,7 @@ def identity(run: Run) -> dict:
         "group": run.group,
         "label": run.label,
         "overrides": run.overrides,
-        "config_hash": runs.config_hash(run.text),
+        "config_hash": config_hash(run.text),
         "hparams": {alias: run.hparam(alias) for alias in results.HPARAMS},
     }
 

@@ -241,8 +241,8 @@ def step_counts(
 
 
 def spans_run(trainer: Trainer, data: SequenceDataModule) -> bool:
-    """Whether the fit is one Lightning epoch (``data.RunSampler``): it crosses the end of a
-    data epoch, and nothing tells epochs apart. Then K need not divide an epoch's steps.
+    """Whether the fit is one Lightning epoch (``samplers.RunSampler``): it crosses the end
+    of a data epoch, and nothing tells epochs apart. Then K need not divide an epoch's steps.
 
     Nothing does when the run is one process of independent windows (no TBPTT state to
     reset at an epoch's start), validates every ``val_check_interval`` steps counted over

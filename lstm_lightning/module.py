@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, MinMetric
 from torchmetrics.text import Perplexity
 
-from lstm_lightning import checkpoints, clock, divergence, fused, ranges, subnormal
+from lstm_lightning import checkpoints, clock, divergence, fused, ranges, resume_state, subnormal
 from lstm_lightning import parametrization as par
 from lstm_lightning.errors import check
 from lstm_lightning.fused import idle_wrappers
@@ -325,29 +325,13 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best.update(self.trainer.callback_metrics["val/loss"])
         self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
 
-    # --- checkpoints: what an exact resume needs beyond weights and optimizer ---------
+    # --- checkpoints: what an exact resume needs beyond weights and optimizer (resume_state)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the unit of its batch counts
-        checkpoint["steps_per_batch"] = fused.steps_per_batch(self.trainer)
-        checkpoint["tbptt_state"] = self._state.get("train")
-        checkpoint["loss_limit"] = self.loss_limit  # a resumed run keeps its divergence rule
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        resume_state.save(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        fused.restack_if_fitting(self, checkpoint)
-        if checkpoint.get("loss_limit") is not None:
-            self.loss_limit = checkpoint["loss_limit"]
-        if checkpoint.get("tbptt_state") is not None:
-            self._state["train"] = checkpoint["tbptt_state"]
-            self._resumed_state = True
-        rng = checkpoint.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        resume_state.restore(self, checkpoint)
 
     def on_fit_end(self) -> None:
         """Write the HPARAMS summary once, with final metrics beside the hyperparameters."""

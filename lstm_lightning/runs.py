@@ -1,4 +1,4 @@
-"""A sweep's runs: their override keys, resolved configs, config hashes and folders.
+"""A sweep's runs: their override keys, resolved configs and folders.
 
 A run is one sub-experiment: the base config with its overrides, parsed by the parser of
 ``cli.py fit`` (passed in) and written to ``<runs_dir>/<group>/<label>/config.yaml``,
@@ -8,32 +8,29 @@ its newest checkpoint), ``skip`` (its result stands), ``refuse`` (its config cha
 ``--force`` reruns it), ``fail`` (a checkpoint is unreadable: the run is recorded failed
 with that line) or ``hold`` (its result.json is unreadable: left as it is and named).
 
-``config_hash`` covers what determines a run's result, not where its folder is (a moved
-runs folder still matches), nor keys added since with their defaults. A per-run fcntl
-lock (``lock``), which the OS releases when its holder dies, makes each run train once
-whoever starts it: two sweeps, or SLURM array tasks, on one folder.
+``lstm_lightning.config_hash`` says whether a result was trained from the run's config.
+A per-run fcntl lock (``lock``), which the OS releases when its holder dies, makes each
+run train once whoever starts it: two sweeps, or SLURM array tasks, on one folder.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from filelock import FileLock
 
 from lstm_lightning import results
+from lstm_lightning.checkpoints import Unreadable
+from lstm_lightning.checkpoints import load as load_checkpoint
+from lstm_lightning.config_hash import ARGUMENTS, changes, differing, same_config
 from lstm_lightning.corpus import check_source
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, did_you_mean
 from lstm_lightning.fused import resolve_steps_per_batch
-from lstm_lightning.module import LanguageModel
 
 # Flat override keys that are not a model or data argument of the same name.
 ALIAS_EXTRA = {
@@ -48,22 +45,8 @@ ALIAS_EXTRA = {
     "num_nodes": "trainer.num_nodes",
 }
 FULL_PATH_SECTIONS = ("model", "data", "trainer", "checkpoint")
-# Where a run's files go: they follow runs_dir and change nothing in its result.
-LOCATION_KEYS = (
-    "trainer.logger.init_args.save_dir",
-    "checkpoint.dirpath",
-    "trainer.default_root_dir",
-)
 CONFIG = "config.yaml"
 LOCK = ".lock"
-ARGUMENTS = {  # every model and data argument by its config path
-    f"{section}.{name}": param
-    for section, cls in (("data", SequenceDataModule), ("model", LanguageModel))
-    for name, param in inspect.signature(cls).parameters.items()
-}
-DEFAULTS = {  # their defaults as a resolved config.yaml holds them (tuples as lists)
-    k: json.loads(json.dumps(p.default)) for k, p in ARGUMENTS.items() if p.default is not p.empty
-}
 
 
 def _aliases() -> dict[str, str]:
@@ -212,61 +195,6 @@ def world_size(config) -> int:
     return (devices if isinstance(devices, int) else 1) * (config["trainer.num_nodes"] or 1)
 
 
-# --- the config hash --------------------------------------------------------------------
-
-
-def comparable(text: str) -> dict[str, Any]:
-    """A resolved config as flat ``{dotted.key: value}``, without its ``LOCATION_KEYS``."""
-    flat = flatten(yaml.safe_load(text) or {})
-    return {key: value for key, value in flat.items() if key not in LOCATION_KEYS}
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        nested = isinstance(value, dict) and value
-        flat.update(flatten(value, f"{path}.") if nested else {path: value})
-    return flat
-
-
-def config_hash(text: str) -> str:
-    """sha256 of what determines the run's result: its config, wherever its folder is."""
-    canonical = json.dumps(comparable(text), sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def legacy_hash(text: str) -> str:
-    """The hash results written before this version hold: of the whole text, paths too."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def same_config(result: dict, text: str, written: str | None) -> bool:
-    """Whether ``result`` was trained from ``text``: its hash (or ``legacy_hash``) is that of
-    ``text``, or of the folder's config.yaml ``written`` when ``differing`` finds nothing."""
-    if result["config_hash"] in (config_hash(text), legacy_hash(text)):
-        return True
-    older = (config_hash(written), legacy_hash(written)) if written is not None else ()
-    return result["config_hash"] in older and not differing(written, text)
-
-
-def differing(old: str, new: str) -> list[str]:
-    """The flat keys whose values differ (``...``: absent), but for location and keys an
-    upgrade added: ones ``old`` lacks whose value in ``new`` is their ``DEFAULTS``."""
-    before, after = comparable(old), comparable(new)
-    changed = {k for k in {*before, *after} if before.get(k, ...) != after.get(k, ...)}
-    return sorted(k for k in changed if k in before or DEFAULTS.get(k, ...) != after[k])
-
-
-def changes(old: str | None, new: str) -> str:
-    """' (key old -> new, ...)': up to three keys that differ, or '' when unknown."""
-    if old is None:
-        return ""
-    before, after, keys = comparable(old), comparable(new), differing(old, new)
-    said = [f"{k} {before.get(k)} -> {after.get(k)}" for k in keys[:3]]
-    return f" ({', '.join(said)}{', ...' if len(keys) > 3 else ''})" if said else ""
-
-
 # --- the run's folder: skip, resume, refuse ----------------------------------------------
 
 
@@ -286,16 +214,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The global step a checkpoint holds. ``weights_only``: a file planted in a run
-    folder is read as data, never executed; mmap: no tensor is read into memory."""
+    """The global step a checkpoint holds, read by ``checkpoints.load``: a file planted in a
+    run folder is read as data, never executed; mmap: no tensor is read into memory."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        step = checkpoint["global_step"]
-    except Exception as err:  # noqa: BLE001 - any unreadable file: the run says which
-        why = " ".join(str(err).split())[:200]
+        step = load_checkpoint(path, mmap=True, what="checkpoint").get("global_step")
+    except Unreadable as err:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {why}); delete it "
-            "to rerun the run from the start"
+            f"{path} is not a readable checkpoint ({err.cause}); delete it to rerun the run "
+            "from the start"
         ) from None
     if not isinstance(step, int):
         raise CheckpointError(f"{path} holds no global step; delete it to rerun the run")

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from lstm_lightning import runs as folders
+from lstm_lightning.config_hash import changes, config_hash
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import write_atomic
 from lstm_lightning.fit import one_line, parser_only
@@ -119,8 +120,8 @@ def check_definition(setup: Setup) -> None:
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     differs = [k for k in COMPARED if old.get(k) != new[k]]
     text = old.get("base_config_text") or ""
-    if folders.config_hash(text) != folders.config_hash(new["base_config_text"]):
-        differs.insert(0, f"base config{folders.changes(text, new['base_config_text'])}")
+    if config_hash(text) != config_hash(new["base_config_text"]):
+        differs.insert(0, f"base config{changes(text, new['base_config_text'])}")
     if differs:
         raise ConfigError(
             f"{path}: study {setup.spec.study} was created with a different "

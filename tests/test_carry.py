@@ -15,8 +15,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from lstm_lightning import carry, sweep
-from lstm_lightning import runs as folders
 from lstm_lightning.cli import main
+from lstm_lightning.config_hash import config_hash
 from tests.conftest import TINY_BASE, group
 
 # --- config hash: keys an upgrade added ----------------------------------------------------
@@ -33,7 +33,7 @@ def as_older_version(project, label: str, drop: list[str], change: dict | None =
     text = yaml.safe_dump(config)
     (run / "config.yaml").write_text(text)
     result = project.result("g", label)
-    result["config_hash"] = folders.config_hash(text)
+    result["config_hash"] = config_hash(text)
     (run / "result.json").write_text(json.dumps(result))
 
 

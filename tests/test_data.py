@@ -10,15 +10,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from lstm_lightning import synthetic
-from lstm_lightning.data import (
-    EpochSampler,
-    RunSampler,
-    SequenceDataModule,
-    TokenWindows,
-    row_chunk_starts,
-    window_starts,
-)
+from lstm_lightning.data import SequenceDataModule, TokenWindows
 from lstm_lightning.errors import ConfigError
+from lstm_lightning.samplers import EpochSampler, RunSampler, row_chunk_starts, window_starts
 
 
 def small(**kw) -> SequenceDataModule:

@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from lstm_lightning import execute
 from lstm_lightning import runs as folders
 from lstm_lightning.cli import main
+from lstm_lightning.config_hash import legacy_hash
 from tests.conftest import ROOT, group, run_cli, start_cli
 
 
@@ -63,7 +64,7 @@ def test_results_hashed_the_old_way_are_accepted_even_after_a_move(project, tmp_
     for label in "ab":  # as the previous version wrote them: sha256 of config.yaml's text
         run = project.runs / "g" / label
         result = project.result("g", label)
-        result["config_hash"] = folders.legacy_hash((run / "config.yaml").read_text())
+        result["config_hash"] = legacy_hash((run / "config.yaml").read_text())
         (run / "result.json").write_text(json.dumps(result))
     moved = tmp_path / "moved"
     shutil.move(project.runs, moved)
@@ -195,6 +196,23 @@ def test_a_truncated_checkpoint_fails_only_its_run(project, capsys):
     assert failed["status"] == "failed"
     assert failed["error"].startswith(f"{run}/last.ckpt is not a readable checkpoint")
     assert "delete it to rerun" in failed["error"]
+
+
+def test_a_run_folders_checkpoint_is_read_by_the_one_safe_loader_which_says_why(tmp_path):
+    # runs.checkpoint_step reads through checkpoints.load: its refusal's cause, in run words.
+    marker, path = tmp_path / "executed", tmp_path / "last.ckpt"
+    torch.save({"global_step": Payload(marker)}, path)
+    with pytest.raises(folders.CheckpointError) as refused:
+        folders.checkpoint_step(path)
+    assert not marker.exists()
+    said = str(refused.value)
+    assert said.startswith(f"{path} is not a readable checkpoint (it holds a Python object")
+    assert "nothing in it ran" in said and said.endswith(
+        "delete it to rerun the run from the start"
+    )
+    torch.save({"epoch": 0}, path)
+    with pytest.raises(folders.CheckpointError, match="holds no global step; delete it"):
+        folders.checkpoint_step(path)
 
 
 # --- 11.8, 11.11: bad input is one line before anything runs -----------------------------------

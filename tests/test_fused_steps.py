@@ -195,7 +195,7 @@ def test_a_step_count_that_16_does_not_divide(tiny, tmp_path):
 
 def test_a_run_across_epochs_takes_k_that_does_not_divide_an_epoch(tiny, tmp_path):
     # 4096 tokens: epochs of 28 steps. 40 steps, logs every 8: auto takes K = 8 (the run is
-    # one Lightning epoch, data.RunSampler), not the 4 that 28 allows, with K = 1's losses.
+    # one Lightning epoch, samplers.RunSampler), not the 4 that 28 allows, with K = 1's losses.
     extra = ["--data.synthetic_tokens", "4096", "--model.dropout", "0.1"]
     extra += ["--trainer.log_every_n_steps", "8"]
     one = fit(tiny, tmp_path, "k1", *extra, "--data.steps_per_batch", "1", steps=40)

@@ -9,8 +9,9 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lstm_lightning import runs, subnormal
+from lstm_lightning import subnormal
 from lstm_lightning.cli import main
+from lstm_lightning.config_hash import differing
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.fit import build_cli
 from lstm_lightning.module import LanguageModel
@@ -139,8 +140,8 @@ def test_run_folders_written_before_the_key_still_match():
     old = yaml.safe_dump({"model": {"hidden_size": 16}})
     now = yaml.safe_dump({"model": {"hidden_size": 16, "flush_subnormals": True}})
     off = yaml.safe_dump({"model": {"hidden_size": 16, "flush_subnormals": False}})
-    assert runs.differing(old, now) == []
-    assert runs.differing(old, off) == ["model.flush_subnormals"]
+    assert differing(old, now) == []
+    assert differing(old, off) == ["model.flush_subnormals"]
 
 
 def test_runs_in_one_process_each_get_their_own_setting(project, tmp_path):
