@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lstm_lightning import checkpoints, ranges
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check, did_you_mean
-from lstm_lightning.fused import FusedSteps, StepProgressBar
+from lstm_lightning.fused import FusedSteps, StepProgressBar, checkpoint_counts
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.requeue import RequeueOnSignal
 from lstm_lightning.resume import (
@@ -210,7 +210,7 @@ class LSTMLightningCLI(LightningCLI):
         # Lightning clips only under automatic optimization; the model clips in its own steps.
         self.model.gradient_clip_val, trainer.gradient_clip_val = trainer.gradient_clip_val, None
         if fused is not None:  # refuse a K that cannot keep the settings before a file is written
-            fused.fuse(trainer, self.datamodule, settings.get("ckpt_path"))
+            fused.fuse(trainer, self.datamodule, checkpoint_counts(settings.get("ckpt_path")))
         return trainer
 
 

@@ -118,8 +118,9 @@ class FusedSteps(Callback):
 
     ``LanguageModel.configure_callbacks`` adds one to a trainer that has none. The CLI adds
     its own and calls ``fuse`` as soon as the trainer is built, so that a K that cannot
-    keep the settings is refused before anything is written; ``setup`` then resolves K
-    again with the checkpoint the fit resumes from (``trainer.ckpt_path``, ``last`` resolved).
+    keep the settings is refused before anything is written; ``setup`` resolves K again,
+    and so does the load of the checkpoint the fit resumes from (``restack_if_fitting``):
+    K must also divide the steps that checkpoint stopped at.
     """
 
     def __init__(self) -> None:
@@ -129,7 +130,9 @@ class FusedSteps(Callback):
     def setup(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
         data = trainer.datamodule
         if stage == "fit" and data is not None and hasattr(data, "steps_per_batch"):
-            self.fuse(trainer, data, trainer.ckpt_path)
+            # Lightning loads the fit's checkpoint after setup (trainer.ckpt_path is still
+            # the last fit's here): ``restack_if_fitting`` resolves K again with it.
+            self.fuse(trainer, data, None)
             fit_progress_bar(trainer, pl_module, stage)
 
     def teardown(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -143,8 +146,9 @@ class FusedSteps(Callback):
             trainer.val_check_interval, trainer.limit_train_batches = self.given
             self.given = None
 
-    def fuse(self, trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None) -> None:
+    def fuse(self, trainer: Trainer, data: SequenceDataModule, resumed: dict | None) -> None:
         """Resolve K and translate the settings; calling it again starts from the given ones.
+        ``resumed``: the checkpoint the fit resumes from (``resumed_counts``), or None.
 
         ``max_steps``, ``log_every_n_steps`` and ``every_n_train_steps`` need no change: the
         model counts ``global_step`` and Lightning's logging counter per step.
@@ -153,7 +157,7 @@ class FusedSteps(Callback):
         self.restore(trainer)
         check_supported(trainer)
         data.run_steps = trainer.max_steps if spans_run(trainer, data) else None
-        counts, only_one = step_counts(trainer, data, ckpt_path)
+        counts, only_one = step_counts(trainer, data, resumed)
         k = resolve_steps_per_batch(data.hparams.steps_per_batch, counts, only_one)
         data.steps_per_batch = k
         if isinstance(trainer.progress_bar_callback, StepProgressBar):
@@ -210,10 +214,11 @@ def train_steps(trainer: Trainer, data: SequenceDataModule) -> int:
 
 
 def step_counts(
-    trainer: Trainer, data: SequenceDataModule, ckpt_path: str | None
+    trainer: Trainer, data: SequenceDataModule, resumed: dict | None
 ) -> tuple[dict[str, int], str | None]:
     """Every count of optimizer steps that must fall on a batch edge, by name, and why a
-    batch can hold only one step (or None)."""
+    batch can hold only one step (or None); ``resumed`` adds the checkpoint's
+    (``resumed_counts``)."""
     if trainer.world_size > 1:
         return {}, f"one process: under DDP ({trainer.world_size}) a forward has one backward"
     if trainer.max_steps == -1 or trainer.max_epochs not in (None, -1):
@@ -234,10 +239,30 @@ def step_counts(
             counts["checkpoint.every_n_train_steps"] = callback._every_n_train_steps
     if trainer.max_steps > epoch and data.run_steps is None:  # batches end with the epoch
         counts["the steps of a training epoch"] = epoch
-    if ckpt_path is not None and os.path.isfile(ckpt_path):
-        step = checkpoints.load(ckpt_path, mmap=True).get("global_step", 0)  # mmap: no tensors read
-        counts["the checkpoint's step (--ckpt_path)"] = step
-    return counts, None
+    return {**counts, **(resumed or {})}, None
+
+
+def resumed_counts(checkpoint: dict) -> dict[str, int]:
+    """The steps a checkpoint stopped at that K must divide to resume it: into the run,
+    and into its Lightning epoch where that differs (one written while Lightning's epochs
+    were the data's, before ``samplers.RunSampler``)."""
+    counts = {"the checkpoint's step (--ckpt_path)": checkpoint.get("global_step", 0)}
+    # The fit loop's batch_progress: Lightning's checkpoint format, checked against
+    # Lightning 2.6.6; its counts are of batches of the K the checkpoint was written with.
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    current = loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("ready")
+    if current is not None:
+        into_epoch = current * checkpoint.get("steps_per_batch", 1)
+        if into_epoch != counts["the checkpoint's step (--ckpt_path)"]:
+            counts["the checkpoint's step into its epoch (--ckpt_path)"] = into_epoch
+    return counts
+
+
+def checkpoint_counts(ckpt_path: str | None) -> dict | None:
+    """``resumed_counts`` of the checkpoint file at ``ckpt_path`` (None: no file there)."""
+    if ckpt_path is None or not os.path.isfile(ckpt_path):
+        return None
+    return resumed_counts(checkpoints.load(ckpt_path, mmap=True))  # mmap: no tensors read
 
 
 def spans_run(trainer: Trainer, data: SequenceDataModule) -> bool:
@@ -332,8 +357,14 @@ def restack_if_fitting(module: L.LightningModule, checkpoint: dict) -> None:
     # LightningModule._trainer: the trainer, or None (the public .trainer raises then);
     # checked against Lightning 2.6.6
     trainer = module._trainer
-    if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
-        restack_progress(checkpoint, steps_per_batch(trainer))
+    if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+        return
+    # K again, now that the checkpoint is known (``FusedSteps.setup`` ran before it was
+    # loaded); the training loader is built after this, with the K resolved here.
+    for callback in trainer.callbacks:
+        if isinstance(callback, FusedSteps) and trainer.datamodule is not None:
+            callback.fuse(trainer, trainer.datamodule, resumed_counts(checkpoint))
+    restack_progress(checkpoint, steps_per_batch(trainer))
 
 
 def restack_progress(checkpoint: dict, steps_per_batch: int) -> None:

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+import lstm_lightning.fused
 from lstm_lightning.checkpoints import SafeCheckpointIO
 from lstm_lightning.cli import EXIT_CONFIG_ERROR, main
 from lstm_lightning.data import SequenceDataModule
@@ -82,6 +83,31 @@ def test_resume_with_another_k_or_from_automatic_optimization(fit, tmp_path):
     legacy = tmp_path / "automatic.ckpt"
     as_automatic_optimization(mid, legacy)
     assert_continues(fit("legacy", 40, "--ckpt_path", str(legacy)), whole, "legacy")  # auto: 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spans_run", [True, False], ids=["one_epoch", "epochs_of_the_data"])
+def test_auto_k_resumes_a_checkpoint_that_stopped_between_its_batches(fit, monkeypatch, spans_run):
+    # Written with K = 2, stopped at step 34, where auto would take K = 4 (40 steps, logs
+    # every 4): the resumed fit takes a K that divides 34, and continues the run exactly.
+    # spans_run False: as code before samplers.RunSampler wrote it, a Lightning epoch per
+    # data epoch (28 steps), so the checkpoint is 6 steps into Lightning's epoch 1.
+    whole = fit("whole", 40, "--data.steps_per_batch", "1")
+    with monkeypatch.context() as patch:
+        if not spans_run:
+            patch.setattr(lstm_lightning.fused, "spans_run", lambda trainer, data: False)
+        stopped = fit("stopped", 34, "--data.steps_per_batch", "2")
+    last = stopped / "checkpoints" / "last.ckpt"
+    written = torch.load(last, map_location="cpu", weights_only=True)
+    into_epoch = {} if spans_run else {"the checkpoint's step into its epoch (--ckpt_path)": 6}
+    assert lstm_lightning.fused.resumed_counts(written) == {
+        "the checkpoint's step (--ckpt_path)": 34,
+        **into_epoch,
+    }
+    resumed = fit("resumed", 40, "--ckpt_path", str(last))  # steps_per_batch: auto
+    assert_continues(resumed, whole, "resumed")
+    end = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (end["global_step"], end["steps_per_batch"]) == (40, 2)
 
 
 # --- checkpoints are data: a planted pickle never runs -------------------------------------
