@@ -65,6 +65,23 @@ CORPORA = {  # name -> (base config, script that writes its data)
 }
 ARM_D_DEFS = "configs/study/arm_d.py"
 D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
+# The controlled experiments of the protocol's "If A does not win", in its order: arm A's
+# recipe (the muP proxy's best.yaml) at the first target width and the final seeds, with
+# one factor changed. A change that leaves the recipe as it is (e.g. zero-init on when
+# the best trial had it on) is skipped. The last three test the factors a one-seed
+# screening flagged (docs/mutransfer_protocol.md, "Changes after the first run").
+HAZARDS = {  # name -> model keys set on the recipe
+    "readout_zero_init_on": {"readout_zero_init": True},
+    "readout_zero_init_off": {"readout_zero_init": False},
+    "class_lr_mults_1": {"input_lr_mult": 1.0, "hidden_lr_mult": 1.0, "output_lr_mult": 1.0},
+    "eps_scaling": {"eps_scaling": True},
+    "eps_1e-12": {"eps": 1e-12},
+    "forget_bias_0": {"forget_bias": 0.0},
+    "forget_bias_2": {"forget_bias": 2.0},
+    "init_std_1": {"init_std": 1.0},
+    "output_mult_1": {"output_mult": 1.0},
+    "warmup_20": {"warmup_steps": 20},
+}
 # name, environment variable, default, help
 SETTINGS = (
     ("runs", "STUDY_RUNS", "runs/study/mutransfer", "the study's runs folder (outside git)"),
@@ -80,6 +97,7 @@ SETTINGS = (
     ("c_trials", "STUDY_C_TRIALS", "16", "trials of arm C's search at the target"),
     ("d_grid", "STUDY_D_GRID", "-11,-4", "arm D's first log2-lr window, lowest,highest"),
     ("d_extend", "STUDY_D_EXTEND", "3", "octaves arm D may add at an edge of its grid"),
+    ("hazards", "STUDY_HAZARDS", ",".join(HAZARDS), "hazard experiments, in order (none: -)"),
 )
 # CPU-seconds per training step, one thread, seq 64 x batch 32, one layer, Adam, stdlib
 # characters, measured with the code of the session start (d2415c0); see
@@ -106,6 +124,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.seeds, args.d_grid = ints(args.seeds), ints(args.d_grid)
     except ValueError as err:
         raise SystemExit(f"error: {err}; see --help") from None
+    args.hazards = [h for h in args.hazards.split(",") if h and h != "-"]
+    unknown = [h for h in args.hazards if h not in HAZARDS]
+    if unknown:
+        raise SystemExit(f"error: --hazards: unknown {unknown}; use any of {', '.join(HAZARDS)}")
     args.corpora = [c for c in args.corpora.split(",") if c]
     unknown = [c for c in args.corpora if c not in CORPORA]
     if unknown or not args.corpora:
@@ -244,10 +266,49 @@ def plan(args) -> list[Step]:
                           str(path.relative_to(ROOT))], done_if=functools.partial(data_ready, corpus)))  # fmt: skip
     for corpus in args.corpora:
         steps += proxy_steps(args, corpus)
-    for width in args.widths:
+    for i, width in enumerate(args.widths):
         for corpus in args.corpora:
             steps += arm_steps(args, corpus, width)
+        if i == 0:  # the hazards at the first target width, before the dearer widths
+            steps += [hazard_step(args, c, width, h) for c in args.corpora for h in args.hazards]
     return steps
+
+
+# --- the hazard experiments -----------------------------------------------------------------
+
+
+def hazard_recipe(args, corpus: str, hazard: str) -> Path:
+    """``<runs>/<corpus>/hazard_<name>.yaml``: arm A's recipe with the hazard's change."""
+    return args.runs / corpus / f"hazard_{hazard}.yaml"
+
+
+def write_hazard(args, corpus: str, hazard: str) -> str:
+    """Write the hazard's recipe, or raise ``Unchanged`` when the change is the recipe's own."""
+    best = args.runs / corpus / "proxy_mup" / "best.yaml"
+    if not best.is_file():
+        raise StepFailed(f"{best} is missing: arm A's transfer writes it")
+    recipe = yaml.safe_load(best.read_text(encoding="utf-8"))
+    changed = {k: v for k, v in HAZARDS[hazard].items() if recipe["model"].get(k, v) != v}
+    defaults = {k for k in HAZARDS[hazard] if k not in recipe["model"]}  # the config's value
+    if not changed and not defaults:
+        raise Unchanged(f"the recipe already has {HAZARDS[hazard]}")
+    recipe["model"].update(HAZARDS[hazard])
+    head = f"# hazard {hazard}: arm A's recipe ({best}) with {HAZARDS[hazard]}\n"
+    write_atomic(hazard_recipe(args, corpus, hazard), head + yaml.safe_dump(recipe))
+    return f"recipe {hazard_recipe(args, corpus, hazard)}"
+
+
+class Unchanged(Exception):
+    """A hazard's change that the recipe already has: nothing to run."""
+
+
+def hazard_step(args, corpus: str, width: int, hazard: str) -> Step:
+    mup = str(derived_config(args, corpus, "mup", width))
+    argv = cli(args, "transfer", "--from_file", str(hazard_recipe(args, corpus, hazard)),
+               "--config", mup, "--widths", str(width), "--seeds",
+               ",".join(map(str, args.seeds)), "--runs_dir", str(args.runs / corpus))  # fmt: skip
+    return Step(f"{corpus}.w{width}.hazard_{hazard}", f"hazards {width}", argv, len(args.seeds),
+                width, args.steps, action=lambda: write_hazard(args, corpus, hazard))  # fmt: skip
 
 
 # --- arm D's choice -------------------------------------------------------------------------
@@ -366,6 +427,8 @@ def run(args) -> int:
             note = step.action() if step.action else ""
             if step.argv and run_command(step.argv):
                 raise StepFailed("its command failed (see above); rerun to retry")
+        except Unchanged as why:
+            note = f"skipped: {why}"
         except StepFailed as err:
             say(f"[study] {step.name}: FAILED: {err}")
             failed.append(step.name)
@@ -431,22 +494,39 @@ def compute(runs: list[dict]) -> float | None:
     return float(sum(costs)) if costs else None
 
 
-def arm_row(found: list[dict], corpus: str, width: int, arm: str) -> dict:
-    """An arm at a width: final val/loss over its seeds (mean, population std, range) and
-    its tuning and training compute (core-seconds of each run, every attempt)."""
-    group, tuning = arm_sources(arm, width)
+def final_losses(found: list[dict], group: str, width: int) -> dict:
+    """A group's runs at a width: final val/loss over its seeds (mean, population std,
+    range), its runs, divergences, learning rates and training compute."""
     runs = [r for r in found if r["group"] == group and r["hparams"]["hidden_size"] == width]
     losses = [r["metrics"].get("val/loss") for r in runs if r["status"] == "completed"]
     losses = [x for x in losses if x is not None and math.isfinite(x)]
     mean = sum(losses) / len(losses) if losses else None
     std = math.sqrt(sum((x - mean) ** 2 for x in losses) / len(losses)) if losses else None
-    lrs = sorted({r["hparams"]["learning_rate"] for r in runs})
-    return {"corpus": corpus, "width": width, "arm": arm, "loss_mean": mean, "loss_std": std,
-            "loss_min": min(losses, default=None), "loss_max": max(losses, default=None),
-            "n_seeds": len(losses), "n_runs": len(runs),
+    return {"loss_mean": mean, "loss_std": std, "loss_min": min(losses, default=None),
+            "loss_max": max(losses, default=None), "n_seeds": len(losses), "n_runs": len(runs),
             "n_diverged": sum(r["status"] == "diverged" for r in runs),
-            "learning_rates": lrs, "tuning_core_seconds": compute([r for r in found if tuning(r)]),
+            "learning_rates": sorted({r["hparams"]["learning_rate"] for r in runs}),
             "training_core_seconds": compute(runs)}  # fmt: skip
+
+
+def arm_row(found: list[dict], corpus: str, width: int, arm: str) -> dict:
+    """An arm at a width: its ``final_losses`` and its tuning compute (core-seconds of
+    each run of its search, every attempt)."""
+    group, tuning = arm_sources(arm, width)
+    return {"corpus": corpus, "width": width, "arm": arm, **final_losses(found, group, width),
+            "tuning_core_seconds": compute([r for r in found if tuning(r)])}  # fmt: skip
+
+
+def hazard_rows(found: list[dict], corpus: str, width: int, a: dict) -> list[dict]:
+    """Each hazard experiment run at a width, against arm A (``versus``, A as the other)."""
+    rows = []
+    for hazard in HAZARDS:
+        row = final_losses(found, f"hazard_{hazard}.transfer", width)
+        if row["n_runs"]:
+            row = {"corpus": corpus, "width": width, "arm": f"A, {hazard}", **row,
+                   "tuning_core_seconds": a["tuning_core_seconds"]}  # fmt: skip
+            rows.append({**row, "hazard": hazard, "versus_a": versus(row, a)})
+    return rows
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -540,7 +620,7 @@ def versus(a: dict, other: dict) -> dict | None:
 
 
 def collect(args) -> dict:
-    rows, checks, stable, pairs, same = [], [], [], [], []
+    rows, checks, stable, pairs, same, hazards = [], [], [], [], [], []
     for corpus in args.corpora:
         found = load(args.runs / corpus) if (args.runs / corpus).is_dir() else []
         stable += [{"corpus": corpus, **stability(found, f"proxy_{p}", args.steps)}
@@ -550,13 +630,14 @@ def collect(args) -> dict:
             here = {arm: arm_row(found, corpus, width, arm) for arm in ("A", "B", "C", "D")}
             rows += [row for row in here.values() if row["n_runs"]]
             against = [versus(here["A"], here[x]) for x in ("C", "D") if here[x]["n_runs"]]
+            hazards += hazard_rows(found, corpus, width, here["A"])
             checks.append({"corpus": corpus, "width": width, "versus": [v for v in against if v]})
             if width in args.c_widths:
                 pairs.append({"corpus": corpus, "width": width,
                               **paired(found, "proxy_sp", f"direct_sp_w{width}")})  # fmt: skip
     return {"runs": str(args.runs), "steps": args.steps, "arms": rows, "a_versus": checks,
             "horizon_stability": stable, "proxy_vs_target_ranking": pairs,
-            "proxies_agree": same}  # fmt: skip
+            "proxies_agree": same, "hazards": hazards}  # fmt: skip
 
 
 def num(value, spec: str = ".4f") -> str:
@@ -587,6 +668,19 @@ def markdown(doc: dict) -> str:
     for g in doc["proxies_agree"]:
         lines.append(f"- {g['corpus']}: the muP and SP proxies (the same model at the base "
                      f"width) agree on {g['equal']} of {g['n']} shared trials")  # fmt: skip
+    if doc["hazards"]:
+        lines += ["", "Hazard experiments (arm A's recipe with one change; gap: A's mean minus "
+                  "the experiment's, positive when the change helps):", "",
+                  "| corpus | width | change | val/loss mean ± std | seeds | gap to A | spread |",
+                  "|---|---:|---|---|---:|---:|---|"]  # fmt: skip
+        for h in doc["hazards"]:
+            v = h["versus_a"]
+            gap = "-" if v is None else f"{v['gap']:+.4f}"
+            spread = "-" if v is None else "clear" if v["clear"] else "within the seeds' spread"
+            lines.append(f"| {h['corpus']} | {h['width']} | {h['hazard']} | "
+                         f"{num(h['loss_mean'])} ± {num(h['loss_std'])} | "
+                         f"{h['n_seeds']}/{h['n_runs']} | {gap} | {spread} |")  # fmt: skip
+        lines.append("")
     for p in doc["proxy_vs_target_ranking"]:
         lines.append(f"- {p['corpus']}, SP: Spearman of the same trials at width "
                      f"{p['width']} and at the proxy {num(p['spearman'], '.3f')} over {p['n']}")  # fmt: skip

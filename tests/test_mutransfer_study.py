@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,7 +41,34 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
                          "prose.proxy_mup", "prose.proxy_sp"]  # fmt: skip
     w16 = ["A", "B", "D_grid", "D_choose", "D", "C_search", "C"]
     assert order[6:20] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
-    assert order[20:] == [f"{c}.w24.{a}" for c in ("stdlib", "prose") for a in w16[:5]]
+    # the hazard experiments at the first target width, before the next width
+    hazards = [f"{c}.w16.hazard_{h}" for c in ("stdlib", "prose") for h in study.HAZARDS]
+    assert order[20 : 20 + len(hazards)] == hazards
+    assert order[20 + len(hazards) :] == [f"{c}.w24.{a}" for c in ("stdlib", "prose")
+                                          for a in w16[:5]]  # fmt: skip
+    assert names(toy("plan", "--hazards", "-"))[20:22] == ["stdlib.w24.A", "stdlib.w24.B"]
+    with pytest.raises(SystemExit, match="--hazards: unknown"):
+        toy("plan", "--hazards", "eps_scalling")
+
+
+def test_a_hazard_is_arm_as_recipe_with_one_change_or_is_skipped(toy):
+    args = toy("run", "--hazards", "readout_zero_init_on,readout_zero_init_off,forget_bias_2")
+    best = args.runs / "stdlib" / "proxy_mup" / "best.yaml"
+    with pytest.raises(study.StepFailed, match="best.yaml is missing"):
+        study.write_hazard(args, "stdlib", "forget_bias_2")
+    best.parent.mkdir(parents=True)
+    recipe = {"model": {"learning_rate": 0.01, "readout_zero_init": True, "init_std": 1.8}}
+    best.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(study.Unchanged):  # the best trial already zero-initialised its readout
+        study.write_hazard(args, "stdlib", "readout_zero_init_on")
+    for hazard, change in (("readout_zero_init_off", {"readout_zero_init": False}),
+                           ("forget_bias_2", {"forget_bias": 2.0})):  # fmt: skip
+        study.write_hazard(args, "stdlib", hazard)
+        written = yaml.safe_load(study.hazard_recipe(args, "stdlib", hazard).read_text())
+        assert written == {"model": {**recipe["model"], **change}}
+    step = next(s for s in study.plan(args) if s.name == "stdlib.w16.hazard_forget_bias_2")
+    assert "--from_file" in step.argv and "stdlib_mup_w16.yaml" in " ".join(step.argv)
+    assert step.argv[step.argv.index("--seeds") + 1] == "1,2"
 
 
 def test_the_plan_prints_every_command_and_its_core_seconds(toy, capsys):
@@ -117,12 +145,17 @@ def test_arm_d_grid_file_defines_the_range_the_driver_uses():
 @pytest.fixture
 def recorded(monkeypatch):
     """Commands are recorded, not run; arm D's choice is a stub; the corpora count as
-    written (whether this checkout's data/ holds them is not these tests' business)."""
+    written (whether this checkout's data/ holds them is not these tests' business); arm
+    A's transfer writes the best.yaml that the hazard experiments read, as it does."""
     calls = []
     monkeypatch.setattr(study, "data_ready", lambda corpus: True)
 
     def fake(argv):
         calls.append(argv)
+        if argv[2:5] == ["transfer", "--study", "proxy_mup"]:
+            best = Path(argv[argv.index("--runs_dir") + 1]) / "proxy_mup" / "best.yaml"
+            best.parent.mkdir(parents=True, exist_ok=True)
+            best.write_text("model:\n  learning_rate: 0.01\n  readout_zero_init: true\n")
         return 0
 
     monkeypatch.setattr(study, "run_command", fake)
@@ -134,7 +167,8 @@ def test_a_rerun_starts_nothing_that_finished(toy, recorded):
     args = toy()
     assert study.run(args) == 0
     first = len(recorded)
-    assert first == len([s for s in study.plan(args) if s.argv and s.done_if is None])
+    # every command once, but the 2 hazards whose change the recipe already has (zero-init)
+    assert first == len([s for s in study.plan(args) if s.argv and s.done_if is None]) - 2
     assert study.run(args) == 0
     assert len(recorded) == first  # every step's marker holds its command
     marker = args.runs / ".steps" / "stdlib.w16.D_choose.done"
@@ -248,6 +282,28 @@ def test_arm_rows_and_a_against_c():
     assert versus["gap"] == pytest.approx(0.14)
     c["loss_min"] = 1.51  # the ranges now overlap
     assert not study.versus(a, c)["clear"]
+
+
+def test_hazard_rows_compare_each_change_with_arm_a():
+    found = [result("proxy_mup.transfer", 256, x, seed=s) for s, x in ((1, 1.50), (2, 1.52))]
+    found += [result("hazard_init_std_1.transfer", 256, x, seed=s)
+              for s, x in ((1, 1.40), (2, 1.41))]  # fmt: skip
+    a = study.arm_row(found, "stdlib", 256, "A")
+    (row,) = study.hazard_rows(found, "stdlib", 256, a)
+    assert row["hazard"] == "init_std_1" and row["loss_mean"] == pytest.approx(1.405)
+    assert row["versus_a"]["gap"] == pytest.approx(0.105) and row["versus_a"]["clear"]
+    assert "| stdlib | 256 | init_std_1 | 1.4050 ± 0.0050 | 2/2 | +0.1050 | clear |" in (
+        study.markdown(
+            {
+                "arms": [],
+                "a_versus": [],
+                "horizon_stability": [],
+                "hazards": [row],
+                "proxies_agree": [],
+                "proxy_vs_target_ranking": [],
+            }
+        )  # fmt: skip
+    )
 
 
 def test_the_paired_ranking_uses_the_same_trial_numbers():
