@@ -489,6 +489,17 @@ def load(folder: Path) -> list[dict]:
     return found
 
 
+def planned(runs: list[dict]) -> float | None:
+    """The runs' cost on a quiet machine: the plan's per-step costs (SECONDS_PER_STEP) at
+    each run's width and horizon. ``core_seconds`` is wall time x threads, so it grows
+    with whatever else shares the cores; this does not."""
+    if not runs:
+        return None
+    costs = [(r["hparams"].get("max_steps") or 0) for r in runs]
+    return float(sum((n + VAL_STEPS) * seconds_per_step(r["hparams"]["hidden_size"]) + RUN_OVERHEAD
+                     for n, r in zip(costs, runs)))  # fmt: skip
+
+
 def compute(runs: list[dict]) -> float | None:
     costs = [r["core_seconds"] for r in runs if r.get("core_seconds") is not None]
     return float(sum(costs)) if costs else None
@@ -513,8 +524,10 @@ def arm_row(found: list[dict], corpus: str, width: int, arm: str) -> dict:
     """An arm at a width: its ``final_losses`` and its tuning compute (core-seconds of
     each run of its search, every attempt)."""
     group, tuning = arm_sources(arm, width)
+    searched = [r for r in found if tuning(r)]
     return {"corpus": corpus, "width": width, "arm": arm, **final_losses(found, group, width),
-            "tuning_core_seconds": compute([r for r in found if tuning(r)])}  # fmt: skip
+            "tuning_core_seconds": compute(searched),
+            "tuning_planned_core_seconds": planned(searched)}  # fmt: skip
 
 
 def hazard_rows(found: list[dict], corpus: str, width: int, a: dict) -> list[dict]:
@@ -616,7 +629,13 @@ def versus(a: dict, other: dict) -> dict | None:
     ta, to = a["tuning_core_seconds"], other["tuning_core_seconds"]
     return {"arm": other["arm"], "a_wins": a["loss_mean"] <= other["loss_mean"],
             "gap": other["loss_mean"] - a["loss_mean"], "clear": clear,
-            "tuning_ratio": ta / to if ta and to else None}  # fmt: skip
+            "tuning_ratio": ta / to if ta and to else None,
+            "tuning_ratio_planned": ratio(a.get("tuning_planned_core_seconds"),
+                                          other.get("tuning_planned_core_seconds"))}  # fmt: skip
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def collect(args) -> dict:
@@ -646,12 +665,14 @@ def num(value, spec: str = ".4f") -> str:
 
 def markdown(doc: dict) -> str:
     lines = ["| corpus | width | arm | val/loss mean ± std | seeds | lr | tuning core-s | "
-             "training core-s |", "|---|---:|:-:|---|---:|---|---:|---:|"]  # fmt: skip
+             "tuning core-s, planned | training core-s |",
+             "|---|---:|:-:|---|---:|---|---:|---:|---:|"]  # fmt: skip
     for r in doc["arms"]:
         lr = ", ".join(f"{x:.3g}" for x in r["learning_rates"])
         lines.append(f"| {r['corpus']} | {r['width']} | {r['arm']} | {num(r['loss_mean'])} ± "
                      f"{num(r['loss_std'])} | {r['n_seeds']}/{r['n_runs']} | {lr} | "
                      f"{num(r['tuning_core_seconds'], ',.0f')} | "
+                     f"{num(r['tuning_planned_core_seconds'], ',.0f')} | "
                      f"{num(r['training_core_seconds'], ',.0f')} |")  # fmt: skip
     lines.append("")
     for c in doc["a_versus"]:
@@ -661,7 +682,8 @@ def markdown(doc: dict) -> str:
             )
             lines.append(f"- {c['corpus']}, width {c['width']}: A {'<=' if v['a_wins'] else '>'} "
                          f"{v['arm']} (gap {v['gap']:+.4f}, {spread}; A's tuning compute / "
-                         f"{v['arm']}'s: {num(v['tuning_ratio'], '.3f')})")  # fmt: skip
+                         f"{v['arm']}'s: {num(v['tuning_ratio'], '.3f')} measured, "
+                         f"{num(v['tuning_ratio_planned'], '.3f')} planned)")  # fmt: skip
     for s in doc["horizon_stability"]:
         lines.append(f"- {s['corpus']}, {s['study']}: Spearman half vs full horizon "
                      f"{num(s['spearman_half_full'], '.3f')} over {s['n']} trials")  # fmt: skip

@@ -260,7 +260,7 @@ def test_spearman_by_hand():
 
 def result(group, width, loss, *, seed=1, study_name=None, trial=None, cost=10.0, lr=0.01):
     hparams = {"parametrization": "sp", "optimizer": "adam", "hidden_size": width,
-               "learning_rate": lr, "seed": seed}  # fmt: skip
+               "learning_rate": lr, "seed": seed, "max_steps": 1000}  # fmt: skip
     return results.make(group=group, label=f"x{seed}", overrides={}, config_hash="0",
                         hparams=hparams, status="completed", metrics={"val/loss": loss},
                         core_seconds=cost, study=study_name, trial=trial)  # fmt: skip
@@ -277,6 +277,9 @@ def test_arm_rows_and_a_against_c():
     c = study.arm_row(found, "stdlib", 256, "C")
     assert a["loss_mean"] == pytest.approx(1.51) and a["loss_std"] == pytest.approx(0.01)
     assert (a["tuning_core_seconds"], a["training_core_seconds"]) == (20.0, 20.0)
+    # planned: the plan's cost of 4 proxy runs, whatever the load made their wall time
+    quiet = 4 * ((1000 + study.VAL_STEPS) * study.SECONDS_PER_STEP[32] + study.RUN_OVERHEAD)
+    assert a["tuning_planned_core_seconds"] == pytest.approx(quiet)
     versus = study.versus(a, c)
     assert versus["a_wins"] and versus["clear"] and versus["tuning_ratio"] == pytest.approx(0.1)
     assert versus["gap"] == pytest.approx(0.14)
