@@ -288,9 +288,8 @@ def write_hazard(args, corpus: str, hazard: str) -> str:
     if not best.is_file():
         raise StepFailed(f"{best} is missing: arm A's transfer writes it")
     recipe = yaml.safe_load(best.read_text(encoding="utf-8"))
-    changed = {k: v for k, v in HAZARDS[hazard].items() if recipe["model"].get(k, v) != v}
-    defaults = {k for k in HAZARDS[hazard] if k not in recipe["model"]}  # the config's value
-    if not changed and not defaults:
+    # A key the recipe lacks takes the config's value: count it as changed.
+    if all(k in recipe["model"] and recipe["model"][k] == v for k, v in HAZARDS[hazard].items()):
         raise Unchanged(f"the recipe already has {HAZARDS[hazard]}")
     recipe["model"].update(HAZARDS[hazard])
     head = f"# hazard {hazard}: arm A's recipe ({best}) with {HAZARDS[hazard]}\n"
