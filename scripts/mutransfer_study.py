@@ -65,12 +65,20 @@ CORPORA = {  # name -> (base config, script that writes its data)
 }
 ARM_D_DEFS = "configs/study/arm_d.py"
 D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
-# The controlled experiments of the protocol's "If A does not win", in its order: arm A's
-# recipe (the muP proxy's best.yaml) at the first target width and the final seeds, with
-# one factor changed. A change that leaves the recipe as it is (e.g. zero-init on when
-# the best trial had it on) is skipped. The last three test the factors a one-seed
-# screening flagged (docs/mutransfer_protocol.md, "Changes after the first run").
-HAZARDS = {  # name -> model keys set on the recipe
+# The controlled experiments of the protocol's "If A does not win": arm A's recipe (the
+# muP proxy's best.yaml) at the first target width and the final seeds, with one factor
+# changed. A change that leaves the recipe as it is (e.g. zero-init on when the best trial
+# had it on) is skipped. Most informative first, as the study may stop between them.
+# The first two put back SP's rule for one of the two classes where muP and SP differ
+# under Adam (the readout's forward multiplier, the hidden matrices' lr): a key of
+# WIDTH_SCALED is multiplied by m = width / proxy width, the recipe's value (default 1)
+# times m. The rest are the protocol's list and a one-seed screening's flags
+# (docs/mutransfer_protocol.md, "Changes after the first run").
+WIDTH_SCALED = "x m"
+HAZARDS = {  # name -> model keys set on the recipe (WIDTH_SCALED: the recipe's value x m)
+    "readout_sp": {"output_mult": WIDTH_SCALED},
+    "hidden_lr_sp": {"hidden_lr_mult": WIDTH_SCALED},
+    "init_std_1": {"init_std": 1.0},
     "readout_zero_init_on": {"readout_zero_init": True},
     "readout_zero_init_off": {"readout_zero_init": False},
     "class_lr_mults_1": {"input_lr_mult": 1.0, "hidden_lr_mult": 1.0, "output_lr_mult": 1.0},
@@ -78,7 +86,6 @@ HAZARDS = {  # name -> model keys set on the recipe
     "eps_1e-12": {"eps": 1e-12},
     "forget_bias_0": {"forget_bias": 0.0},
     "forget_bias_2": {"forget_bias": 2.0},
-    "init_std_1": {"init_std": 1.0},
     "output_mult_1": {"output_mult": 1.0},
     "warmup_20": {"warmup_steps": 20},
 }
@@ -282,17 +289,24 @@ def hazard_recipe(args, corpus: str, hazard: str) -> Path:
     return args.runs / corpus / f"hazard_{hazard}.yaml"
 
 
-def write_hazard(args, corpus: str, hazard: str) -> str:
+def hazard_change(hazard: str, model: dict, m: float) -> dict:
+    """The model keys the hazard sets on a recipe whose model section is ``model``."""
+    return {k: (model.get(k, 1.0) * m if v == WIDTH_SCALED else v)
+            for k, v in HAZARDS[hazard].items()}  # fmt: skip
+
+
+def write_hazard(args, corpus: str, hazard: str, width: int) -> str:
     """Write the hazard's recipe, or raise ``Unchanged`` when the change is the recipe's own."""
     best = args.runs / corpus / "proxy_mup" / "best.yaml"
     if not best.is_file():
         raise StepFailed(f"{best} is missing: arm A's transfer writes it")
     recipe = yaml.safe_load(best.read_text(encoding="utf-8"))
+    change = hazard_change(hazard, recipe["model"], width / args.proxy_width)
     # A key the recipe lacks takes the config's value: count it as changed.
-    if all(k in recipe["model"] and recipe["model"][k] == v for k, v in HAZARDS[hazard].items()):
-        raise Unchanged(f"the recipe already has {HAZARDS[hazard]}")
-    recipe["model"].update(HAZARDS[hazard])
-    head = f"# hazard {hazard}: arm A's recipe ({best}) with {HAZARDS[hazard]}\n"
+    if all(k in recipe["model"] and recipe["model"][k] == v for k, v in change.items()):
+        raise Unchanged(f"the recipe already has {change}")
+    recipe["model"].update(change)
+    head = f"# hazard {hazard} at width {width}: arm A's recipe ({best}) with {change}\n"
     write_atomic(hazard_recipe(args, corpus, hazard), head + yaml.safe_dump(recipe))
     return f"recipe {hazard_recipe(args, corpus, hazard)}"
 
@@ -307,7 +321,7 @@ def hazard_step(args, corpus: str, width: int, hazard: str) -> Step:
                "--config", mup, "--widths", str(width), "--seeds",
                ",".join(map(str, args.seeds)), "--runs_dir", str(args.runs / corpus))  # fmt: skip
     return Step(f"{corpus}.w{width}.hazard_{hazard}", f"hazards {width}", argv, len(args.seeds),
-                width, args.steps, action=lambda: write_hazard(args, corpus, hazard))  # fmt: skip
+                width, args.steps, action=lambda: write_hazard(args, corpus, hazard, width))  # fmt: skip
 
 
 # --- arm D's choice -------------------------------------------------------------------------

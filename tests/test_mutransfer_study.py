@@ -52,18 +52,27 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
 
 
 def test_a_hazard_is_arm_as_recipe_with_one_change_or_is_skipped(toy):
-    args = toy("run", "--hazards", "readout_zero_init_on,readout_zero_init_off,forget_bias_2")
+    args = toy(
+        "run",
+        "--hazards",
+        "readout_zero_init_on,readout_zero_init_off,forget_bias_2,readout_sp,hidden_lr_sp",
+    )
     best = args.runs / "stdlib" / "proxy_mup" / "best.yaml"
     with pytest.raises(study.StepFailed, match="best.yaml is missing"):
-        study.write_hazard(args, "stdlib", "forget_bias_2")
+        study.write_hazard(args, "stdlib", "forget_bias_2", 16)
     best.parent.mkdir(parents=True)
     recipe = {"model": {"learning_rate": 0.01, "readout_zero_init": True, "init_std": 1.8}}
     best.write_text(yaml.safe_dump(recipe))
     with pytest.raises(study.Unchanged):  # the best trial already zero-initialised its readout
-        study.write_hazard(args, "stdlib", "readout_zero_init_on")
+        study.write_hazard(args, "stdlib", "readout_zero_init_on", 16)
+    recipe["model"]["output_mult"] = 1.5
+    best.write_text(yaml.safe_dump(recipe))
+    # SP's rule for one class at the target: the recipe's value (default 1) times m = 16 / 8
     for hazard, change in (("readout_zero_init_off", {"readout_zero_init": False}),
-                           ("forget_bias_2", {"forget_bias": 2.0})):  # fmt: skip
-        study.write_hazard(args, "stdlib", hazard)
+                           ("forget_bias_2", {"forget_bias": 2.0}),
+                           ("readout_sp", {"output_mult": 3.0}),
+                           ("hidden_lr_sp", {"hidden_lr_mult": 2.0})):  # fmt: skip
+        study.write_hazard(args, "stdlib", hazard, 16)
         written = yaml.safe_load(study.hazard_recipe(args, "stdlib", hazard).read_text())
         assert written == {"model": {**recipe["model"], **change}}
     step = next(s for s in study.plan(args) if s.name == "stdlib.w16.hazard_forget_bias_2")
