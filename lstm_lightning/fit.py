@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lstm_lightning import checkpoints, ranges
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check, did_you_mean
-from lstm_lightning.fused import FusedSteps, StepProgressBar, checkpoint_counts
+from lstm_lightning.fused import FusedSteps, StepProgressBar, resumed_counts
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.requeue import RequeueOnSignal
 from lstm_lightning.resume import (
@@ -153,6 +153,7 @@ class LSTMLightningCLI(LightningCLI):
             # Lightning would unpickle --ckpt_path in full: no code in a checkpoint runs.
             config.weights_only = True
         self.resume: dict = {}  # logger settings a fit resumed from a checkpoint needs
+        self.resumed: dict | None = None  # the checkpoint's counts K must divide (fused.py)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:
             if subcommand in ("validate", "test"):  # legitimate (the loss at init), rarely meant
@@ -169,6 +170,7 @@ class LSTMLightningCLI(LightningCLI):
             return
         checkpoint = read_checkpoint(ckpt_path)
         check_same_model(config, checkpoint, ckpt_path, subcommand)
+        self.resumed = resumed_counts(checkpoint)
         logger = config.trainer.logger
         if subcommand == "fit" and is_tensorboard(logger) and logger.init_args.purge_step is None:
             # A resume in the run's folder would log the steps after the checkpoint twice:
@@ -210,7 +212,7 @@ class LSTMLightningCLI(LightningCLI):
         # Lightning clips only under automatic optimization; the model clips in its own steps.
         self.model.gradient_clip_val, trainer.gradient_clip_val = trainer.gradient_clip_val, None
         if fused is not None:  # refuse a K that cannot keep the settings before a file is written
-            fused.fuse(trainer, self.datamodule, checkpoint_counts(settings.get("ckpt_path")))
+            fused.fuse(trainer, self.datamodule, getattr(self, "resumed", None))
         return trainer
 
 
@@ -341,6 +343,7 @@ def check_run(config, subcommand: str | None) -> None:
         f"model.warmup_steps={warmup} is above trainer.max_steps={steps}: the learning rate "
         f"would never reach model.learning_rate; use at most {steps} warm-up steps",
     )
+    check_checkpoint_folder(config)
     interval = trainer.val_check_interval
     if steps > 0 and isinstance(interval, int) and interval > steps:
         print(
@@ -348,6 +351,29 @@ def check_run(config, subcommand: str | None) -> None:
             f"{steps}: this run will not validate",
             file=sys.stderr,
         )
+
+
+def check_checkpoint_folder(config) -> None:
+    """Refuse a fresh fit whose checkpoints would land beside another run's last.ckpt.
+
+    A run's config.yaml names its own folder as ``checkpoint.dirpath``: a fit from it with
+    the logger moved elsewhere (to try one change) would write last-v1.ckpt there. Only
+    the run's own logger folder may start afresh over its last.ckpt (a sweep's rerun).
+    """
+    dirpath = config.get("checkpoint") and config.checkpoint.dirpath
+    if not dirpath or config.get("ckpt_path") or not os.path.isfile(f"{dirpath}/last.ckpt"):
+        return
+    logger = config.trainer.logger
+    if is_tensorboard(logger) and isinstance(logger.init_args.version, str):
+        args = logger.init_args
+        logs = os.path.join(args.save_dir, args.name or "", args.version)
+        if os.path.realpath(logs) == os.path.realpath(dirpath):
+            return
+    raise ConfigError(
+        f"checkpoint.dirpath {dirpath} holds another run's last.ckpt, and this fit starts "
+        "afresh, so its checkpoints would land beside that run's; pass --checkpoint.dirpath "
+        "NEW_FOLDER, or --ckpt_path last to continue that run"
+    )
 
 
 def summary(cli: LSTMLightningCLI, seconds: float) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
@@ -35,7 +34,6 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from lstm_lightning import checkpoints
 from lstm_lightning.errors import check
 
 if TYPE_CHECKING:
@@ -256,13 +254,6 @@ def resumed_counts(checkpoint: dict) -> dict[str, int]:
         if into_epoch != counts["the checkpoint's step (--ckpt_path)"]:
             counts["the checkpoint's step into its epoch (--ckpt_path)"] = into_epoch
     return counts
-
-
-def checkpoint_counts(ckpt_path: str | None) -> dict | None:
-    """``resumed_counts`` of the checkpoint file at ``ckpt_path`` (None: no file there)."""
-    if ckpt_path is None or not os.path.isfile(ckpt_path):
-        return None
-    return resumed_counts(checkpoints.load(ckpt_path, mmap=True))  # mmap: no tensors read
 
 
 def spans_run(trainer: Trainer, data: SequenceDataModule) -> bool:

@@ -154,6 +154,10 @@ BAD = [
         lambda t: ["--model.warmup_steps", "5"],
         "model.warmup_steps=5 is above trainer.max_steps=4: .* never reach",
     ),
+    (
+        lambda t: ["--checkpoint.dirpath", os.path.dirname(write(t, "last.ckpt", b"a run's"))],
+        "checkpoint.dirpath .* holds another run's last.ckpt, .* --checkpoint.dirpath NEW",
+    ),
     (lambda t: ["--config", write(t, "empty.yaml", b"")], "empty.yaml is empty"),
     (lambda t: ["--optimizer", "Adam"], "--optimizer Adam .*did you mean model.optimizer"),
     (lambda t: ["--lr_scheduler", "StepLR"], "--lr_scheduler StepLR .*did you mean model.sched"),
