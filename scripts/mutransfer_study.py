@@ -716,7 +716,7 @@ def markdown(doc: dict) -> str:
                          f"{num(h['loss_mean'])} ± {num(h['loss_std'])} | "
                          f"{h['n_seeds']}/{h['n_runs']} | {gap} | {spread} |")  # fmt: skip
         lines.append("")
-    for p in doc["proxy_vs_target_ranking"]:
+    for p in (p for p in doc["proxy_vs_target_ranking"] if p["n"]):  # arm C's search ran
         lines.append(f"- {p['corpus']}, SP: Spearman of the same trials at width "
                      f"{p['width']} and at the proxy {num(p['spearman'], '.3f')} over {p['n']}")  # fmt: skip
     return "\n".join(lines) + "\n"

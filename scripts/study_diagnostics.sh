@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The μTransfer study's one-seed diagnostics (docs/results.md, "Why A lost"): arm A's
+# stdlib recipe (seed 1) with one thing changed, each a `cli.py fit` of A's seed-1 run
+# config with flags, into runs/study/diagnostics/stdlib/NAME. They choose what the 3-seed
+# experiments test and decide nothing. Needs the study's arm A at 256 on stdlib
+# (scripts/mutransfer_study.py run). Resumable: a finished run (NAME/done) is skipped.
+#   scripts/study_diagnostics.sh run [GROUP...]    # groups: screen lr width split defaults horizon alpha
+#   scripts/study_diagnostics.sh summary            # NAME and final val/loss of every finished run
+# Wall time on the 2-core VM, one run at a time: width 32 ~15 s, 64 ~30 s, 128 ~1 min,
+# 256 ~4-6 min (twice that beside another job).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+BASE=runs/study/mutransfer/stdlib/proxy_mup.transfer/w256_seed1/config.yaml
+OUT=runs/study/diagnostics/stdlib
+PY=${PYTHON:-python}
+
+# A's stdlib recipe (runs/study/mutransfer/stdlib/proxy_mup/best.yaml), read from BASE.
+recipe() { "$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['model'][sys.argv[2]])" "$BASE" "$1"; }
+times() { "$PY" -c "import sys; print(float(sys.argv[1]) * float(sys.argv[2]))" "$1" "$2"; }
+
+run() {  # NAME FLAG...: one fit, skipped once NAME/done exists
+  local name=$1; shift
+  [ -f "$OUT/$name/done" ] && return 0
+  mkdir -p "$OUT"
+  if "$PY" cli.py fit --config "$BASE" "$@" --trainer.logger.init_args.save_dir="$OUT" \
+      --trainer.logger.init_args.name="$name" --checkpoint.dirpath="$OUT/$name" \
+      --trainer.enable_progress_bar=false > "$OUT/$name.log" 2>&1; then
+    touch "$OUT/$name/done"
+  fi
+  echo "$name: $(grep '^done:\|^error' "$OUT/$name.log" || tail -1 "$OUT/$name.log")"
+}
+
+group() {
+  local lr hm om olm w a f k p
+  lr=$(recipe learning_rate); hm=$(recipe hidden_lr_mult); om=$(recipe output_mult)
+  olm=$(recipe output_lr_mult)
+  case $1 in
+  screen)  # one factor back to its default, at the proxy width and at 256
+    run recipe_w32 --model.hidden_size=32
+    run armD_w32 --model.hidden_size=32 --model.parametrization=sp --model.learning_rate=0.0078125 \
+      --model.init_std=1 --model.output_mult=1 --model.embedding_mult=1 --model.readout_zero_init=false \
+      --model.warmup_steps=20 --model.input_lr_mult=1 --model.hidden_lr_mult=1 --model.output_lr_mult=1
+    for w in 32 256; do
+      run "lrmults1_w$w" --model.hidden_size=$w --model.input_lr_mult=1 --model.hidden_lr_mult=1 --model.output_lr_mult=1
+      run "initstd1_w$w" --model.hidden_size=$w --model.init_std=1
+      run "outmult1_w$w" --model.hidden_size=$w --model.output_mult=1
+      run "nozero_w$w" --model.hidden_size=$w --model.readout_zero_init=false
+      run "warmup20_w$w" --model.hidden_size=$w --model.warmup_steps=20
+    done ;;
+  lr)  # the global learning rate times 0.5 .. 8 at 32 and 256
+    for f in 4 2 8 0.5; do for w in 256 32; do
+      run "lrx${f}_w$w" --model.hidden_size=$w --model.learning_rate="$(times "$lr" $f)"
+    done; done ;;
+  width)  # the recipe under muP and under SP at 64 and 128 (32: recipe_w32; 256: arms A, B)
+    for w in 128 64; do
+      run "recipe_mup_w$w" --model.hidden_size=$w
+      run "recipe_sp_w$w" --model.hidden_size=$w --model.parametrization=sp
+    done ;;
+  split)  # SP's rule for one class only: the readout multiplier or the hidden lr, times m
+    run hidden_x8 --model.hidden_lr_mult="$(times "$hm" 8)"
+    run output_x8 --model.output_mult="$(times "$om" 8)"
+    run readout_sp_w128 --model.hidden_size=128 --model.output_mult="$(times "$om" 4)"
+    run hiddenlr_sp_w128 --model.hidden_size=128 --model.hidden_lr_mult="$(times "$hm" 4)"
+    ;;
+  defaults)  # arm D's settings under muP and SP at 128, an octave grid of learning rates
+    for k in -7 -5 -9 -3 -6 -4 -8; do for p in mup sp; do
+      run "defaults_${p}_w128_log2lr$k" --model.hidden_size=128 --model.parametrization=$p \
+        --model.init_std=1 --model.output_mult=1 --model.embedding_mult=1 --model.readout_zero_init=false \
+        --model.warmup_steps=20 --model.input_lr_mult=1 --model.hidden_lr_mult=1 --model.output_lr_mult=1 \
+        --model.learning_rate="$("$PY" -c "print(2.0 ** $k)")"
+    done; done ;;
+  horizon)  # the recipe under muP and SP at 128 for 4,000 steps (cosine over the run)
+    for p in mup sp; do
+      run "recipe_${p}_w128_4000steps" --model.hidden_size=128 --model.parametrization=$p --trainer.max_steps=4000
+    done ;;
+  alpha)  # the hidden and output learning rates times m^alpha (0: muP; 1: SP's, zero-init readout)
+    for spec in "128 0.5" "128 1" "128 1.5" "64 0.5" "64 1" "64 1.5" "128 2" "256 0.5" "256 1.5" "256 1"; do
+      read -r w a <<< "$spec"
+      f=$("$PY" -c "print(($w / 32) ** $a)")
+      run "alpha${a}_w$w" --model.hidden_size=$w --model.hidden_lr_mult="$(times "$hm" "$f")" \
+        --model.output_lr_mult="$(times "$olm" "$f")"
+    done ;;
+  *) echo "error: unknown group $1; use screen lr width split defaults horizon alpha" >&2; exit 2 ;;
+  esac
+}
+
+case ${1:-} in
+run)
+  [ -f "$BASE" ] || { echo "error: $BASE is missing: run arm A first (scripts/mutransfer_study.py run)" >&2; exit 2; }
+  shift
+  for g in "${@:-screen lr width split defaults horizon alpha}"; do for one in $g; do group "$one"; done; done ;;
+summary)
+  "$PY" - "$OUT" <<'PY'
+import sys
+from pathlib import Path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+for run in sorted(p.parent for p in Path(sys.argv[1]).glob("*/done")):
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    last = events.Scalars("val/loss")[-1]
+    print(f"{run.name:32s} step {last.step:5d}  val/loss {last.value:.4f}")
+PY
+  ;;
+*) echo "usage: $0 run [GROUP...] | summary" >&2; exit 2 ;;
+esac
