@@ -252,12 +252,18 @@ ARM_STYLE = {  # arm -> (colour, marker, label); the study's protocol names the 
 }
 
 
-def plot_arms(rows: list[dict], out: str | os.PathLike | BinaryIO) -> list[dict]:
+def plot_arms(
+    rows: list[dict],
+    out: str | os.PathLike | BinaryIO,
+    styles: dict[str, tuple[str, str, str]] | None = None,
+    ylabel: str = "final val/loss (nats), mean over seeds",
+) -> list[dict]:
     """Final val/loss against width, a line per arm, a panel per corpus, as a PNG into
     ``out``. ``rows`` are the study summary's (corpus, width, arm, loss_mean, loss_min,
     loss_max, n_seeds); the marker is the mean over seeds, the bar spans min to max. An arm
-    with no finished seed at a width has no point there. Returns per panel: corpus, and
-    arm -> widths drawn."""
+    with no finished seed at a width has no point there. ``styles``: arm -> (colour,
+    marker, legend label), in legend order; the study's arms by default (an arm not in it
+    is not drawn). Returns per panel: corpus, and arm -> widths drawn."""
     corpora = list(dict.fromkeys(r["corpus"] for r in rows))
     fig = Figure(figsize=(4.6 * max(len(corpora), 1) + 1.6, 3.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg draws off-screen: no display needed
@@ -265,7 +271,7 @@ def plot_arms(rows: list[dict], out: str | os.PathLike | BinaryIO) -> list[dict]
     meta = []
     for ax, corpus in zip(axes, corpora):
         drawn = {}
-        for arm, (color, marker, label) in ARM_STYLE.items():
+        for arm, (color, marker, label) in (styles or ARM_STYLE).items():
             mine = sorted(
                 (r for r in rows if r["corpus"] == corpus and r["arm"] == arm and r["n_seeds"]),
                 key=lambda r: r["width"],
@@ -280,7 +286,7 @@ def plot_arms(rows: list[dict], out: str | os.PathLike | BinaryIO) -> list[dict]
         ax.set_xscale("log", base=2)
         ax.set_title(corpus)
         ax.set_xlabel("width (hidden size)")
-        ax.set_ylabel("final val/loss (nats), mean over seeds")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         meta.append({"corpus": corpus, "arms": drawn})
     if meta:

@@ -4,8 +4,10 @@
 # config with flags, into runs/study/diagnostics/stdlib/NAME. They choose what the 3-seed
 # experiments test and decide nothing. Needs the study's arm A at 256 on stdlib
 # (scripts/mutransfer_study.py run). Resumable: a finished run (NAME/done) is skipped.
-#   scripts/study_diagnostics.sh run [GROUP...]    # groups: screen lr width split defaults horizon alpha
+#   scripts/study_diagnostics.sh run [GROUP...]    # groups below
 #   scripts/study_diagnostics.sh summary            # NAME and final val/loss of every finished run
+#   scripts/study_diagnostics.sh plot OUT.png       # A's recipe against width under each width rule
+#   (groups in the order they ran: screen lr split width defaults alpha factor horizon)
 # Wall time on the 2-core VM, one run at a time: width 32 ~15 s, 64 ~30 s, 128 ~1 min,
 # 256 ~4-6 min (twice that beside another job).
 set -euo pipefail
@@ -81,7 +83,13 @@ group() {
       run "alpha${a}_w$w" --model.hidden_size=$w --model.hidden_lr_mult="$(times "$hm" "$f")" \
         --model.output_lr_mult="$(times "$olm" "$f")"
     done ;;
-  *) echo "error: unknown group $1; use screen lr width split defaults horizon alpha" >&2; exit 2 ;;
+  factor)  # the hidden and output learning rates times f, at the proxy width and at 64
+    for spec in "32 2" "32 4" "32 8" "64 4" "64 8" "32 16" "64 16"; do
+      read -r w f <<< "$spec"
+      run "ho_x${f}_w$w" --model.hidden_size=$w --model.hidden_lr_mult="$(times "$hm" "$f")" \
+        --model.output_lr_mult="$(times "$olm" "$f")"
+    done ;;
+  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor horizon" >&2; exit 2 ;;
   esac
 }
 
@@ -89,7 +97,7 @@ case ${1:-} in
 run)
   [ -f "$BASE" ] || { echo "error: $BASE is missing: run arm A first (scripts/mutransfer_study.py run)" >&2; exit 2; }
   shift
-  for g in "${@:-screen lr width split defaults horizon alpha}"; do for one in $g; do group "$one"; done; done ;;
+  for g in "${@:-screen lr split width defaults alpha factor horizon}"; do for one in $g; do group "$one"; done; done ;;
 summary)
   "$PY" - "$OUT" <<'PY'
 import sys
@@ -102,5 +110,48 @@ for run in sorted(p.parent for p in Path(sys.argv[1]).glob("*/done")):
     print(f"{run.name:32s} step {last.step:5d}  val/loss {last.value:.4f}")
 PY
   ;;
-*) echo "usage: $0 run [GROUP...] | summary" >&2; exit 2 ;;
+plot)
+  "$PY" - "$OUT" "${2:?usage: $0 plot OUT.png}" <<'PY'
+import json, sys
+from pathlib import Path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from lstm_lightning.plots import plot_arms
+out, study = Path(sys.argv[1]), Path("runs/study/mutransfer/stdlib")
+def loss(name):  # a diagnostic run's final val/loss, or an arm's seed-1 run's (result.json)
+    if name.endswith(".json"):
+        path = study / name
+        return json.loads(path.read_text())["metrics"]["val/loss"] if path.is_file() else None
+    if not (out / name / "done").is_file():
+        return None
+    events = EventAccumulator(str(out / name), size_guidance={"scalars": 0})
+    events.Reload()
+    return events.Scalars("val/loss")[-1].value
+arm_a, arm_b = "proxy_mup.transfer/w256_seed1/result.json", "proxy_sp.transfer/w256_seed1/result.json"
+lines = {  # rule -> (style, {width: run})
+    "mup": (("tab:green", "o", "muP: hidden, output lr x 1 (arm A)"),
+            {64: "recipe_mup_w64", 128: "recipe_mup_w128", 256: arm_a}),
+    "a0.5": (("tab:olive", "^", "hidden, output lr x m^0.5"), {}),
+    "a1": (("tab:orange", "s", "hidden, output lr x m (SP's rates)"), {}),
+    "a1.5": (("tab:purple", "P", "hidden, output lr x m^1.5"), {}),
+    "sp": (("tab:red", "v", "SP (arm B)"), {64: "recipe_sp_w64", 128: "recipe_sp_w128", 256: arm_b}),
+    "D": (("tab:gray", "D", "D: SP defaults, lr grid at 256"),
+          {256: "arm_d_w256.transfer/w256_seed1/result.json"}),
+}
+for a in ("0.5", "1", "1.5"):
+    lines[f"a{a}"][1].update({w: f"alpha{a}_w{w}" for w in (64, 128, 256)})
+rows = []
+for rule, (_, runs) in lines.items():
+    if rule != "D":
+        runs[32] = "recipe_w32"  # the proxy: every rule's model is the same at m = 1
+    for width, name in sorted(runs.items()):
+        value = loss(name)
+        print(f"{rule:5s} {width:4d} {name:44s} {'-' if value is None else f'{value:.4f}'}")
+        if value is not None:
+            rows.append({"corpus": "stdlib, A's recipe, seed 1", "width": width, "arm": rule,
+                         "n_seeds": 1, "loss_mean": value, "loss_min": value, "loss_max": value})
+plot_arms(rows, sys.argv[2], styles={k: v[0] for k, v in lines.items()}, ylabel="final val/loss (nats), seed 1")
+print(f"wrote {sys.argv[2]}")
+PY
+  ;;
+*) echo "usage: $0 run [GROUP...] | summary | plot OUT.png" >&2; exit 2 ;;
 esac

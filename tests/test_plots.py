@@ -81,3 +81,10 @@ def test_arms_plot_draws_each_arm_at_its_finished_widths():
     ]
     assert out.getvalue().startswith(b"\x89PNG")
     assert plot_arms([], io.BytesIO()) == []
+    # other lines than the study's arms (the diagnostics' width rules), in the given order
+    rules = {"sp": ("tab:red", "v", "SP"), "mup": ("tab:green", "o", "muP")}
+    rows = [arm("stdlib", 64, "mup", [1.6]), arm("stdlib", 64, "sp", [1.5]),
+            arm("stdlib", 64, "A", [1.7])]  # fmt: skip
+    assert plot_arms(rows, io.BytesIO(), styles=rules) == [
+        {"corpus": "stdlib", "arms": {"sp": [64], "mup": [64]}}
+    ]
