@@ -7,7 +7,7 @@
 #   scripts/study_diagnostics.sh run [GROUP...]    # groups below
 #   scripts/study_diagnostics.sh summary            # NAME and final val/loss of every finished run
 #   scripts/study_diagnostics.sh plot OUT.png       # A's recipe against width under each width rule
-#   (groups in the order they ran: screen lr split width defaults alpha factor horizon)
+#   (groups in the order they ran: screen lr split width defaults alpha factor input horizon)
 # Wall time on the 2-core VM, one run at a time: width 32 ~15 s, 64 ~30 s, 128 ~1 min,
 # 256 ~4-6 min (twice that beside another job).
 set -euo pipefail
@@ -89,7 +89,25 @@ group() {
       run "ho_x${f}_w$w" --model.hidden_size=$w --model.hidden_lr_mult="$(times "$hm" "$f")" \
         --model.output_lr_mult="$(times "$olm" "$f")"
     done ;;
-  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor horizon" >&2; exit 2 ;;
+  input)  # arm D's settings at 128: muP at its best lr (2^-4) with the input class's lr cut
+    # (embedding and LSTM biases), SP at its best (2^-6) with muP's input lr, the readout
+    # zero-initialised in both; then A's recipe with the input lr / m under muP
+    local D="--model.init_std=1 --model.output_mult=1 --model.embedding_mult=1 --model.warmup_steps=20 \
+      --model.input_lr_mult=1 --model.hidden_lr_mult=1 --model.output_lr_mult=1 --model.hidden_size=128"
+    # shellcheck disable=SC2086  # D is a list of flags
+    {
+      run defaults_mup_w128_log2lr-4_input_x0.25 $D --model.readout_zero_init=false --model.learning_rate=0.0625 --model.input_lr_mult=0.25
+      run defaults_sp_w128_log2lr-6_input_x4 $D --model.readout_zero_init=false --model.parametrization=sp --model.learning_rate=0.015625 --model.input_lr_mult=4
+      run defaults_mup_w128_log2lr-4_input_x0.5 $D --model.readout_zero_init=false --model.learning_rate=0.0625 --model.input_lr_mult=0.5
+      run defaults_mup_w128_log2lr-4_zero $D --model.readout_zero_init=true --model.learning_rate=0.0625
+      run defaults_sp_w128_log2lr-6_zero $D --model.readout_zero_init=true --model.parametrization=sp --model.learning_rate=0.015625
+      run defaults_mup_w128_log2lr-4_input_x0.25_zero $D --model.readout_zero_init=true --model.learning_rate=0.0625 --model.input_lr_mult=0.25
+    }
+    local im; im=$(recipe input_lr_mult)
+    for w in 128 64 256; do
+      run "input_over_m_w$w" --model.hidden_size=$w --model.input_lr_mult="$(times "$im" "$("$PY" -c "print(32 / $w)")")"
+    done ;;
+  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor input horizon" >&2; exit 2 ;;
   esac
 }
 
@@ -97,7 +115,7 @@ case ${1:-} in
 run)
   [ -f "$BASE" ] || { echo "error: $BASE is missing: run arm A first (scripts/mutransfer_study.py run)" >&2; exit 2; }
   shift
-  for g in "${@:-screen lr split width defaults alpha factor horizon}"; do for one in $g; do group "$one"; done; done ;;
+  for g in "${@:-screen lr split width defaults alpha factor input horizon}"; do for one in $g; do group "$one"; done; done ;;
 summary)
   "$PY" - "$OUT" <<'PY'
 import sys
