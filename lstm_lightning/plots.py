@@ -246,6 +246,7 @@ def _slice_panel(ax: Axes, key: str, dist: dict, trials: list[dict]) -> dict:
 
 ARM_STYLE = {  # arm -> (colour, marker, label); the study's protocol names the arms
     "A": ("tab:green", "o", "A: muP, tuned at the proxy"),
+    "A2": ("tab:olive", "^", "A2: muP, tuned at the proxy by TPE"),
     "B": ("tab:red", "v", "B: SP, tuned at the proxy"),
     "C": ("tab:blue", "s", "C: SP, tuned at the target"),
     "D": ("tab:gray", "D", "D: SP, lr grid at the target"),

@@ -102,6 +102,7 @@ SETTINGS = (
     ("seeds", "STUDY_SEEDS", "1,2,3", "the arms' final seeds (trials and grids use seed 0)"),
     ("c_widths", "STUDY_C_WIDTHS", "256", "target widths that get arm C (a search there)"),
     ("c_trials", "STUDY_C_TRIALS", "16", "trials of arm C's search at the target"),
+    ("a2_trials", "STUDY_A2_TRIALS", "128", "trials of arm A2's muP proxy search (TPE; 0: no A2)"),
     ("d_grid", "STUDY_D_GRID", "-11,-4", "arm D's first log2-lr window, lowest,highest"),
     ("d_extend", "STUDY_D_EXTEND", "3", "octaves arm D may add at an edge of its grid"),
     ("hazards", "STUDY_HAZARDS", ",".join(HAZARDS), "hazard experiments, in order (none: -)"),
@@ -126,6 +127,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.steps, args.proxy_width = int(args.steps), int(args.proxy_width)
         args.proxy_trials, args.c_trials = int(args.proxy_trials), int(args.c_trials)
+        args.a2_trials = int(args.a2_trials)
         args.d_extend = int(args.d_extend)
         args.widths, args.c_widths = ints(args.widths), ints(args.c_widths)
         args.seeds, args.d_grid = ints(args.seeds), ints(args.d_grid)
@@ -216,20 +218,32 @@ def cli(args, *words: str) -> list[str]:
     return [sys.executable, "cli.py", *words, "--workers", str(args.workers)]
 
 
+# The proxy searches: study -> (parametrization, sampler, the setting with its trials).
+# proxy_mup_tpe is arm A2's (docs/mutransfer_protocol.md, "Changes after the first run").
+PROXIES = {
+    "proxy_mup": ("mup", "random", "proxy_trials"),
+    "proxy_sp": ("sp", "random", "proxy_trials"),
+    "proxy_mup_tpe": ("mup", "tpe", "a2_trials"),
+}
+
+
 def proxy_steps(args, corpus: str) -> list[Step]:
     where, out = str(args.runs / corpus), []
-    for param in ("mup", "sp"):
+    for study, (param, sampler, setting) in PROXIES.items():
+        trials = getattr(args, setting)
+        if not trials:
+            continue
         config = str(derived_config(args, corpus, param, args.proxy_width))
-        argv = cli(args, "tune", "--config", config, "--space", args.space, "--study",
-                   f"proxy_{param}", "--trials", str(args.proxy_trials), "--sampler", "random",
-                   "--seed", "0", "--runs_dir", where)  # fmt: skip
-        out.append(Step(f"{corpus}.proxy_{param}", "proxies", argv, args.proxy_trials,
-                        args.proxy_width, args.steps))  # fmt: skip
+        argv = cli(args, "tune", "--config", config, "--space", args.space, "--study", study,
+                   "--trials", str(trials), "--sampler", sampler, "--seed", "0",
+                   "--runs_dir", where)  # fmt: skip
+        out.append(Step(f"{corpus}.{study}", "proxies", argv, trials, args.proxy_width,
+                        args.steps))  # fmt: skip
     return out
 
 
 def arm_steps(args, corpus: str, width: int) -> list[Step]:
-    """A, B, D, C at one target width, in that order (C's search is the dearest)."""
+    """A, B, A2, D, C at one target width, in that order (C's search is the dearest)."""
     where, seeds = str(args.runs / corpus), ",".join(map(str, args.seeds))
     sp, n = str(derived_config(args, corpus, "sp", width)), len(args.seeds)
     final = ("--widths", str(width), "--seeds", seeds, "--runs_dir", where)
@@ -243,6 +257,10 @@ def arm_steps(args, corpus: str, width: int) -> list[Step]:
     out = [
         step("A", cli(args, "transfer", "--study", "proxy_mup", *final), n),
         step("B", cli(args, "transfer", "--study", "proxy_sp", *final), n),
+    ]
+    if args.a2_trials:
+        out.append(step("A2", cli(args, "transfer", "--study", "proxy_mup_tpe", *final), n))
+    out += [
         d_grid_step(args, corpus, width, range(low, high + 1), f"{corpus}.w{width}.D_grid"),
         step("D_choose", [], args.d_extend, action=lambda: choose_d(args, corpus, width)),
         step("D", cli(args, "transfer", "--from_file", best, "--config", sp, *final), n),
@@ -479,10 +497,13 @@ def plan_text(args) -> str:
 # --- summary --------------------------------------------------------------------------------
 
 
+ARMS = ("A", "A2", "B", "C", "D")  # the table's order
+
+
 def arm_sources(arm: str, width: int) -> tuple[str, Callable[[dict], bool]]:
     """An arm's final runs' group, and which results are its tuning."""
-    if arm in ("A", "B"):
-        study = "proxy_mup" if arm == "A" else "proxy_sp"
+    if arm in ("A", "B", "A2"):
+        study = {"A": "proxy_mup", "B": "proxy_sp", "A2": "proxy_mup_tpe"}[arm]
         return f"{study}.transfer", lambda r: r.get("study") == study
     if arm == "C":
         return f"direct_sp_w{width}.transfer", lambda r: r.get("study") == f"direct_sp_w{width}"
@@ -640,7 +661,7 @@ def versus(a: dict, other: dict) -> dict | None:
         return None
     clear = a["loss_max"] < other["loss_min"] or other["loss_max"] < a["loss_min"]
     ta, to = a["tuning_core_seconds"], other["tuning_core_seconds"]
-    return {"arm": other["arm"], "a_wins": a["loss_mean"] <= other["loss_mean"],
+    return {"arm": other["arm"], "by": a["arm"], "a_wins": a["loss_mean"] <= other["loss_mean"],
             "gap": other["loss_mean"] - a["loss_mean"], "clear": clear,
             "tuning_ratio": ta / to if ta and to else None,
             "tuning_ratio_planned": ratio(a.get("tuning_planned_core_seconds"),
@@ -655,13 +676,14 @@ def collect(args) -> dict:
     rows, checks, stable, pairs, same, hazards = [], [], [], [], [], []
     for corpus in args.corpora:
         found = load(args.runs / corpus) if (args.runs / corpus).is_dir() else []
-        stable += [{"corpus": corpus, **stability(found, f"proxy_{p}", args.steps)}
-                   for p in ("mup", "sp")]  # fmt: skip
+        stable += [{"corpus": corpus, **stability(found, study, args.steps)}
+                   for study in PROXIES if any(r.get("study") == study for r in found)]  # fmt: skip
         same.append({"corpus": corpus, **agreement(found, "proxy_mup", "proxy_sp")})
         for width in args.widths:
-            here = {arm: arm_row(found, corpus, width, arm) for arm in ("A", "B", "C", "D")}
+            here = {arm: arm_row(found, corpus, width, arm) for arm in ARMS}
             rows += [row for row in here.values() if row["n_runs"]]
-            against = [versus(here["A"], here[x]) for x in ("C", "D") if here[x]["n_runs"]]
+            against = [versus(here[a], here[x]) for a in ("A", "A2") for x in ("C", "D")
+                       if here[a]["n_runs"] and here[x]["n_runs"]]  # fmt: skip
             hazards += hazard_rows(found, corpus, width, here["A"])
             checks.append({"corpus": corpus, "width": width, "versus": [v for v in against if v]})
             if width in args.c_widths:
@@ -693,9 +715,10 @@ def markdown(doc: dict) -> str:
             spread = (
                 "clear: the seeds' ranges do not overlap" if v["clear"] else "within the spread"
             )
-            lines.append(f"- {c['corpus']}, width {c['width']}: A {'<=' if v['a_wins'] else '>'} "
-                         f"{v['arm']} (gap {v['gap']:+.4f}, {spread}; A's tuning compute / "
-                         f"{v['arm']}'s: {num(v['tuning_ratio'], '.3f')} measured, "
+            lines.append(f"- {c['corpus']}, width {c['width']}: {v['by']} "
+                         f"{'<=' if v['a_wins'] else '>'} {v['arm']} (gap {v['gap']:+.4f}, "
+                         f"{spread}; {v['by']}'s tuning compute / {v['arm']}'s: "
+                         f"{num(v['tuning_ratio'], '.3f')} measured, "
                          f"{num(v['tuning_ratio_planned'], '.3f')} planned)")  # fmt: skip
     for s in doc["horizon_stability"]:
         lines.append(f"- {s['corpus']}, {s['study']}: Spearman half vs full horizon "

@@ -37,16 +37,21 @@ def names(args) -> list[str]:
 
 def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
     order = names(toy("plan"))
-    assert order[:6] == ["stdlib.data", "prose.data", "stdlib.proxy_mup", "stdlib.proxy_sp",
-                         "prose.proxy_mup", "prose.proxy_sp"]  # fmt: skip
-    w16 = ["A", "B", "D_grid", "D_choose", "D", "C_search", "C"]
-    assert order[6:20] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
+    proxies = ["proxy_mup", "proxy_sp", "proxy_mup_tpe"]
+    assert order[:8] == ["stdlib.data", "prose.data", *(f"{c}.{p}" for c in ("stdlib", "prose")
+                                                         for p in proxies)]  # fmt: skip
+    w16 = ["A", "B", "A2", "D_grid", "D_choose", "D", "C_search", "C"]
+    assert order[8:24] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
     # the hazard experiments at the first target width, before the next width
     hazards = [f"{c}.w16.hazard_{h}" for c in ("stdlib", "prose") for h in study.HAZARDS]
-    assert order[20 : 20 + len(hazards)] == hazards
-    assert order[20 + len(hazards) :] == [f"{c}.w24.{a}" for c in ("stdlib", "prose")
-                                          for a in w16[:5]]  # fmt: skip
-    assert names(toy("plan", "--hazards", "-"))[20:22] == ["stdlib.w24.A", "stdlib.w24.B"]
+    assert order[24 : 24 + len(hazards)] == hazards
+    assert order[24 + len(hazards) :] == [f"{c}.w24.{a}" for c in ("stdlib", "prose")
+                                          for a in w16[:6]]  # fmt: skip
+    assert names(toy("plan", "--hazards", "-"))[24:26] == ["stdlib.w24.A", "stdlib.w24.B"]
+    # without arm A2: no TPE proxy, no A2 step
+    assert not [n for n in names(toy("plan", "--a2_trials", "0")) if "tpe" in n or "A2" in n]
+    step = next(s for s in study.plan(toy("plan")) if s.name == "stdlib.proxy_mup_tpe")
+    assert step.argv[step.argv.index("--sampler") + 1] == "tpe" and step.runs == 128
     with pytest.raises(SystemExit, match="--hazards: unknown"):
         toy("plan", "--hazards", "eps_scalling")
 
@@ -197,10 +202,11 @@ def test_an_interrupted_study_resumes_at_the_step_in_flight(toy, recorded, monke
     with pytest.raises(SystemExit):
         study.run(args)
     done = sorted(p.name for p in (args.runs / ".steps").iterdir())
-    assert done == ["prose.proxy_mup.done", "stdlib.proxy_mup.done", "stdlib.proxy_sp.done"]
+    assert done == ["stdlib.proxy_mup.done", "stdlib.proxy_mup_tpe.done", "stdlib.proxy_sp.done"]
     monkeypatch.setattr(study, "run_command", real)
     assert study.run(args) == 0
-    assert "--study proxy_sp" in " ".join(recorded[3])  # prose's SP proxy, then the rest
+    resumed = " ".join(recorded[3])  # prose's muP proxy, then the rest
+    assert "--study proxy_mup --" in resumed and "prose" in resumed
 
 
 def test_a_changed_command_reruns_but_other_workers_do_not(toy, recorded):
