@@ -104,7 +104,7 @@ group() {
       run defaults_mup_w128_log2lr-4_input_x0.25_zero $D --model.readout_zero_init=true --model.learning_rate=0.0625 --model.input_lr_mult=0.25
     }
     local im; im=$(recipe input_lr_mult)
-    for w in 128 64 256; do
+    for w in 128 64; do
       run "input_over_m_w$w" --model.hidden_size=$w --model.input_lr_mult="$(times "$im" "$("$PY" -c "print(32 / $w)")")"
     done ;;
   *) echo "error: unknown group $1; use screen lr split width defaults alpha factor input horizon" >&2; exit 2 ;;
@@ -148,18 +148,17 @@ arm_a, arm_b = "proxy_mup.transfer/w256_seed1/result.json", "proxy_sp.transfer/w
 lines = {  # rule -> (style, {width: run})
     "mup": (("tab:green", "o", "muP: hidden, output lr x 1 (arm A)"),
             {64: "recipe_mup_w64", 128: "recipe_mup_w128", 256: arm_a}),
-    "a0.5": (("tab:olive", "^", "hidden, output lr x m^0.5"), {}),
-    "a1": (("tab:orange", "s", "hidden, output lr x m (SP's rates)"), {}),
-    "a1.5": (("tab:purple", "P", "hidden, output lr x m^1.5"), {}),
+    "x8": (("tab:blue", "s", "muP, hidden, output lr x 8 at every width"),
+           {32: "ho_x8_w32", 64: "ho_x8_w64", 128: "alpha1.5_w128", 256: "alpha1_w256"}),
+    "a1": (("tab:orange", "^", "hidden, output lr x m (SP's rates)"),
+           {w: f"alpha1_w{w}" for w in (64, 128, 256)}),
     "sp": (("tab:red", "v", "SP (arm B)"), {64: "recipe_sp_w64", 128: "recipe_sp_w128", 256: arm_b}),
     "D": (("tab:gray", "D", "D: SP defaults, lr grid at 256"),
           {256: "arm_d_w256.transfer/w256_seed1/result.json"}),
 }
-for a in ("0.5", "1", "1.5"):
-    lines[f"a{a}"][1].update({w: f"alpha{a}_w{w}" for w in (64, 128, 256)})
 rows = []
 for rule, (_, runs) in lines.items():
-    if rule != "D":
+    if rule not in ("D", "x8"):
         runs[32] = "recipe_w32"  # the proxy: every rule's model is the same at m = 1
     for width, name in sorted(runs.items()):
         value = loss(name)
