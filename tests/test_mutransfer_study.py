@@ -302,6 +302,23 @@ def test_arm_rows_and_a_against_c():
     assert not study.versus(a, c)["clear"]
 
 
+def test_arm_a2_is_its_own_tpe_proxy_and_is_judged_against_c_and_d(toy, tmp_path, capsys):
+    found = [result("proxy_mup_tpe.transfer", 256, x, seed=s) for s, x in ((1, 1.30), (2, 1.31))]
+    found += [result("proxy_mup_tpe", 32, 1.7, study_name="proxy_mup_tpe", trial=t, cost=5.0)
+              for t in range(8)]  # fmt: skip
+    found += [result("proxy_mup", 32, 2.0, study_name="proxy_mup", trial=t) for t in range(4)]
+    a2 = study.arm_row(found, "stdlib", 256, "A2")
+    assert a2["loss_mean"] == pytest.approx(1.305) and a2["tuning_core_seconds"] == 40.0
+    args = toy("summary")  # the toy's first target width is 16, its proxy 8
+    for i, r in enumerate(found + [result("arm_d_w16.transfer", 16, 1.4, seed=s) for s in (1, 2)]):
+        r["hparams"]["hidden_size"] = 8 if r["study"] else 16
+        results.write(args.runs / "stdlib" / r["group"] / f"run{i}", r)
+    assert study.summary(args) == 0
+    out = capsys.readouterr().out
+    assert "| stdlib | 16 | A2 | 1.3050 ± 0.0050 |" in out
+    assert "width 16: A2 <= D (gap +0.0950" in out
+
+
 def test_hazard_rows_compare_each_change_with_arm_a():
     found = [result("proxy_mup.transfer", 256, x, seed=s) for s, x in ((1, 1.50), (2, 1.52))]
     found += [result("hazard_init_std_1.transfer", 256, x, seed=s)
