@@ -7,7 +7,7 @@
 #   scripts/study_diagnostics.sh run [GROUP...]    # groups below
 #   scripts/study_diagnostics.sh summary            # NAME and final val/loss of every finished run
 #   scripts/study_diagnostics.sh plot OUT.png       # A's recipe against width under each width rule
-#   (groups in the order they ran: screen lr split width defaults alpha factor input horizon)
+#   (groups in the order they ran: screen lr split width defaults alpha factor input horizon a2)
 # Wall time on the 2-core VM, one run at a time: width 32 ~15 s, 64 ~30 s, 128 ~1 min,
 # 256 ~4-6 min (twice that beside another job).
 set -euo pipefail
@@ -25,7 +25,7 @@ run() {  # NAME FLAG...: one fit, skipped once NAME/done exists
   local name=$1; shift
   [ -f "$OUT/$name/done" ] && return 0
   mkdir -p "$OUT"
-  if "$PY" cli.py fit --config "$BASE" "$@" --trainer.logger.init_args.save_dir="$OUT" \
+  if "$PY" cli.py fit --config "${RUN_BASE:-$BASE}" "$@" --trainer.logger.init_args.save_dir="$OUT" \
       --trainer.logger.init_args.name="$name" --checkpoint.dirpath="$OUT/$name" \
       --trainer.enable_progress_bar=false > "$OUT/$name.log" 2>&1; then
     touch "$OUT/$name/done"
@@ -107,7 +107,12 @@ group() {
     for w in 128 64; do
       run "input_over_m_w$w" --model.hidden_size=$w --model.input_lr_mult="$(times "$im" "$("$PY" -c "print(32 / $w)")")"
     done ;;
-  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor input horizon" >&2; exit 2 ;;
+  a2)  # arm A2's recipe (the TPE proxy's best) against width under muP and under SP
+    local RUN_BASE=runs/study/mutransfer/stdlib/proxy_mup_tpe.transfer/w256_seed1/config.yaml
+    [ -f "$RUN_BASE" ] || { echo "error: $RUN_BASE is missing: run arm A2 at 256 first" >&2; exit 2; }
+    for w in 32 64 128; do run "a2_mup_w$w" --model.hidden_size=$w; done
+    for w in 64 128 256; do run "a2_sp_w$w" --model.hidden_size=$w --model.parametrization=sp; done ;;
+  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor input horizon a2" >&2; exit 2 ;;
   esac
 }
 
@@ -115,7 +120,7 @@ case ${1:-} in
 run)
   [ -f "$BASE" ] || { echo "error: $BASE is missing: run arm A first (scripts/mutransfer_study.py run)" >&2; exit 2; }
   shift
-  for g in "${@:-screen lr split width defaults alpha factor input horizon}"; do for one in $g; do group "$one"; done; done ;;
+  for g in "${@:-screen lr split width defaults alpha factor input horizon a2}"; do for one in $g; do group "$one"; done; done ;;
 summary)
   "$PY" - "$OUT" <<'PY'
 import sys
@@ -146,25 +151,30 @@ def loss(name):  # a diagnostic run's final val/loss, or an arm's seed-1 run's (
     return events.Scalars("val/loss")[-1].value
 arm_a, arm_b = "proxy_mup.transfer/w256_seed1/result.json", "proxy_sp.transfer/w256_seed1/result.json"
 lines = {  # rule -> (style, {width: run})
-    "mup": (("tab:green", "o", "muP: hidden, output lr x 1 (arm A)"),
+    "mup": (("tab:green", "o", "A's recipe, muP (arm A)"),
             {64: "recipe_mup_w64", 128: "recipe_mup_w128", 256: arm_a}),
-    "x8": (("tab:blue", "s", "muP, hidden, output lr x 8 at every width"),
+    "x8": (("tab:blue", "s", "A's recipe, muP, hidden and output lr x 8"),
            {32: "ho_x8_w32", 64: "ho_x8_w64", 128: "alpha1.5_w128", 256: "alpha1_w256"}),
-    "a1": (("tab:orange", "^", "hidden, output lr x m (SP's rates)"),
+    "a1": (("tab:orange", "^", "A's recipe, hidden and output lr x m"),
            {w: f"alpha1_w{w}" for w in (64, 128, 256)}),
-    "sp": (("tab:red", "v", "SP (arm B)"), {64: "recipe_sp_w64", 128: "recipe_sp_w128", 256: arm_b}),
+    "sp": (("tab:red", "v", "A's recipe, SP (arm B)"), {64: "recipe_sp_w64", 128: "recipe_sp_w128", 256: arm_b}),
     "D": (("tab:gray", "D", "D: SP defaults, lr grid at 256"),
           {256: "arm_d_w256.transfer/w256_seed1/result.json"}),
+    "a2mup": (("tab:olive", "*", "A2's recipe (TPE proxy), muP (arm A2)"),
+              {32: "a2_mup_w32", 64: "a2_mup_w64", 128: "a2_mup_w128",
+               256: "proxy_mup_tpe.transfer/w256_seed1/result.json"}),
+    "a2sp": (("tab:pink", "x", "A2's recipe, SP"),
+             {32: "a2_mup_w32", 64: "a2_sp_w64", 128: "a2_sp_w128", 256: "a2_sp_w256"}),
 }
 rows = []
 for rule, (_, runs) in lines.items():
-    if rule not in ("D", "x8"):
+    if rule in ("mup", "a1", "sp"):
         runs[32] = "recipe_w32"  # the proxy: every rule's model is the same at m = 1
     for width, name in sorted(runs.items()):
         value = loss(name)
         print(f"{rule:5s} {width:4d} {name:44s} {'-' if value is None else f'{value:.4f}'}")
         if value is not None:
-            rows.append({"corpus": "stdlib, A's recipe, seed 1", "width": width, "arm": rule,
+            rows.append({"corpus": "stdlib, seed 1", "width": width, "arm": rule,
                          "n_seeds": 1, "loss_mean": value, "loss_min": value, "loss_max": value})
 plot_arms(rows, sys.argv[2], styles={k: v[0] for k, v in lines.items()}, ylabel="final val/loss (nats), seed 1")
 print(f"wrote {sys.argv[2]}")
