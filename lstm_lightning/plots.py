@@ -248,6 +248,7 @@ ARM_STYLE = {  # arm -> (colour, marker, label); the study's protocol names the 
     "A": ("tab:green", "o", "A: muP, tuned at the proxy"),
     "A2": ("tab:olive", "^", "A2: muP, tuned at the proxy by TPE"),
     "B": ("tab:red", "v", "B: SP, tuned at the proxy"),
+    "B2": ("tab:pink", "x", "B2: SP, A2's recipe"),
     "C": ("tab:blue", "s", "C: SP, tuned at the target"),
     "D": ("tab:gray", "D", "D: SP, lr grid at the target"),
 }

@@ -243,7 +243,7 @@ def proxy_steps(args, corpus: str) -> list[Step]:
 
 
 def arm_steps(args, corpus: str, width: int) -> list[Step]:
-    """A, B, A2, D, C at one target width, in that order (C's search is the dearest)."""
+    """A, B, A2, B2, D, C at one target width, in that order (C's search is the dearest)."""
     where, seeds = str(args.runs / corpus), ",".join(map(str, args.seeds))
     sp, n = str(derived_config(args, corpus, "sp", width)), len(args.seeds)
     final = ("--widths", str(width), "--seeds", seeds, "--runs_dir", where)
@@ -258,8 +258,11 @@ def arm_steps(args, corpus: str, width: int) -> list[Step]:
         step("A", cli(args, "transfer", "--study", "proxy_mup", *final), n),
         step("B", cli(args, "transfer", "--study", "proxy_sp", *final), n),
     ]
-    if args.a2_trials:
-        out.append(step("A2", cli(args, "transfer", "--study", "proxy_mup_tpe", *final), n))
+    if args.a2_trials:  # A2, and B2: A2's recipe under SP (B's relation to A)
+        b2 = str(args.runs / corpus / "arm_b2.yaml")
+        out += [step("A2", cli(args, "transfer", "--study", "proxy_mup_tpe", *final), n),
+                step("B2", cli(args, "transfer", "--from_file", b2, "--config", sp, *final), n,
+                     action=lambda: write_b2(args, corpus))]  # fmt: skip
     out += [
         d_grid_step(args, corpus, width, range(low, high + 1), f"{corpus}.w{width}.D_grid"),
         step("D_choose", [], args.d_extend, action=lambda: choose_d(args, corpus, width)),
@@ -340,6 +343,20 @@ def hazard_step(args, corpus: str, width: int, hazard: str) -> Step:
                ",".join(map(str, args.seeds)), "--runs_dir", str(args.runs / corpus))  # fmt: skip
     return Step(f"{corpus}.w{width}.hazard_{hazard}", f"hazards {width}", argv, len(args.seeds),
                 width, args.steps, action=lambda: write_hazard(args, corpus, hazard, width))  # fmt: skip
+
+
+def write_b2(args, corpus: str) -> str:
+    """``<runs>/<corpus>/arm_b2.yaml``: arm A2's recipe (the TPE proxy's best) under SP.
+    At the proxy width the two parametrizations are the same model, so B2 is to A2 what
+    B is to A: the recipe carried by SP's rules instead of muP's."""
+    best = args.runs / corpus / "proxy_mup_tpe" / "best.yaml"
+    if not best.is_file():
+        raise StepFailed(f"{best} is missing: arm A2's transfer writes it")
+    recipe = yaml.safe_load(best.read_text(encoding="utf-8"))
+    recipe["model"]["parametrization"] = "sp"
+    path = args.runs / corpus / "arm_b2.yaml"
+    write_atomic(path, f"# arm B2: arm A2's recipe ({best}) under SP\n" + yaml.safe_dump(recipe))
+    return f"recipe {path}"
 
 
 # --- arm D's choice -------------------------------------------------------------------------
@@ -497,7 +514,7 @@ def plan_text(args) -> str:
 # --- summary --------------------------------------------------------------------------------
 
 
-ARMS = ("A", "A2", "B", "C", "D")  # the table's order
+ARMS = ("A", "A2", "B", "B2", "C", "D")  # the table's order
 
 
 def arm_sources(arm: str, width: int) -> tuple[str, Callable[[dict], bool]]:
@@ -507,6 +524,8 @@ def arm_sources(arm: str, width: int) -> tuple[str, Callable[[dict], bool]]:
         return f"{study}.transfer", lambda r: r.get("study") == study
     if arm == "C":
         return f"direct_sp_w{width}.transfer", lambda r: r.get("study") == f"direct_sp_w{width}"
+    if arm == "B2":  # A2's search is its tuning
+        return "arm_b2.transfer", lambda r: r.get("study") == "proxy_mup_tpe"
     return (
         f"arm_d_w{width}.transfer",
         lambda r: r["group"] == "ARM_D" and r["hparams"]["hidden_size"] == width,
@@ -682,7 +701,8 @@ def collect(args) -> dict:
         for width in args.widths:
             here = {arm: arm_row(found, corpus, width, arm) for arm in ARMS}
             rows += [row for row in here.values() if row["n_runs"]]
-            against = [versus(here[a], here[x]) for a in ("A", "A2") for x in ("C", "D")
+            pairs_ = [("A", "C"), ("A", "D"), ("A2", "C"), ("A2", "D"), ("A2", "B"), ("A2", "B2")]
+            against = [versus(here[a], here[x]) for a, x in pairs_
                        if here[a]["n_runs"] and here[x]["n_runs"]]  # fmt: skip
             hazards += hazard_rows(found, corpus, width, here["A"])
             checks.append({"corpus": corpus, "width": width, "versus": [v for v in against if v]})

@@ -40,16 +40,18 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
     proxies = ["proxy_mup", "proxy_sp", "proxy_mup_tpe"]
     assert order[:8] == ["stdlib.data", "prose.data", *(f"{c}.{p}" for c in ("stdlib", "prose")
                                                          for p in proxies)]  # fmt: skip
-    w16 = ["A", "B", "A2", "D_grid", "D_choose", "D", "C_search", "C"]
-    assert order[8:24] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
+    w16 = ["A", "B", "A2", "B2", "D_grid", "D_choose", "D", "C_search", "C"]
+    assert order[8:26] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
     # the hazard experiments at the first target width, before the next width
     hazards = [f"{c}.w16.hazard_{h}" for c in ("stdlib", "prose") for h in study.HAZARDS]
-    assert order[24 : 24 + len(hazards)] == hazards
-    assert order[24 + len(hazards) :] == [f"{c}.w24.{a}" for c in ("stdlib", "prose")
-                                          for a in w16[:6]]  # fmt: skip
-    assert names(toy("plan", "--hazards", "-"))[24:26] == ["stdlib.w24.A", "stdlib.w24.B"]
-    # without arm A2: no TPE proxy, no A2 step
-    assert not [n for n in names(toy("plan", "--a2_trials", "0")) if "tpe" in n or "A2" in n]
+    assert order[26 : 26 + len(hazards)] == hazards
+    assert order[26 + len(hazards) :] == [f"{c}.w24.{a}" for c in ("stdlib", "prose")
+                                          for a in w16[:7]]  # fmt: skip
+    assert names(toy("plan", "--hazards", "-"))[26:28] == ["stdlib.w24.A", "stdlib.w24.B"]
+    # without arm A2: no TPE proxy, no A2 or B2 step
+    assert not [
+        n for n in names(toy("plan", "--a2_trials", "0")) if "tpe" in n or n[-3:] in (".A2", ".B2")
+    ]
     step = next(s for s in study.plan(toy("plan")) if s.name == "stdlib.proxy_mup_tpe")
     assert step.argv[step.argv.index("--sampler") + 1] == "tpe" and step.runs == 128
     with pytest.raises(SystemExit, match="--hazards: unknown"):
@@ -166,8 +168,8 @@ def recorded(monkeypatch):
 
     def fake(argv):
         calls.append(argv)
-        if argv[2:5] == ["transfer", "--study", "proxy_mup"]:
-            best = Path(argv[argv.index("--runs_dir") + 1]) / "proxy_mup" / "best.yaml"
+        if argv[2:4] == ["transfer", "--study"] and argv[4] in ("proxy_mup", "proxy_mup_tpe"):
+            best = Path(argv[argv.index("--runs_dir") + 1]) / argv[4] / "best.yaml"
             best.parent.mkdir(parents=True, exist_ok=True)
             best.write_text("model:\n  learning_rate: 0.01\n  readout_zero_init: true\n")
         return 0
@@ -317,6 +319,21 @@ def test_arm_a2_is_its_own_tpe_proxy_and_is_judged_against_c_and_d(toy, tmp_path
     out = capsys.readouterr().out
     assert "| stdlib | 16 | A2 | 1.3050 ± 0.0050 |" in out
     assert "width 16: A2 <= D (gap +0.0950" in out
+
+
+def test_arm_b2_is_a2s_recipe_under_sp(toy):
+    args = toy()
+    with pytest.raises(study.StepFailed, match="proxy_mup_tpe/best.yaml is missing"):
+        study.write_b2(args, "stdlib")
+    best = args.runs / "stdlib" / "proxy_mup_tpe" / "best.yaml"
+    best.parent.mkdir(parents=True)
+    recipe = {"model": {"parametrization": "mup", "learning_rate": 0.15, "init_std": 2.4}}
+    best.write_text(yaml.safe_dump(recipe))
+    study.write_b2(args, "stdlib")
+    written = yaml.safe_load((args.runs / "stdlib" / "arm_b2.yaml").read_text())
+    assert written == {"model": {**recipe["model"], "parametrization": "sp"}}
+    step = next(s for s in study.plan(args) if s.name == "stdlib.w16.B2")
+    assert "stdlib_sp_w16.yaml" in " ".join(step.argv) and "arm_b2.yaml" in " ".join(step.argv)
 
 
 def test_hazard_rows_compare_each_change_with_arm_a():
