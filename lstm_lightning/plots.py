@@ -291,8 +291,13 @@ def plot_arms(
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         meta.append({"corpus": corpus, "arms": drawn})
-    if meta:
-        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    if meta:  # one legend of every panel's lines: an arm may be drawn in one panel only
+        handles = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        axes[-1].legend(handles.values(), handles.keys(), loc="upper left",
+                        bbox_to_anchor=(1.02, 1.0), fontsize=8)  # fmt: skip
     else:
         axes[0].text(0.5, 0.5, "no finished arm", transform=axes[0].transAxes, ha="center")
     fig.savefig(out, format="png", dpi=DPI)

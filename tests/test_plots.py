@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import struct
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from lstm_lightning import plots
-from lstm_lightning.plots import plot_arms, y_limits
+from lstm_lightning.plots import ARM_STYLE, plot_arms, y_limits
 from lstm_lightning.report import write_report
 
 
@@ -81,6 +82,13 @@ def test_arms_plot_draws_each_arm_at_its_finished_widths():
     ]
     assert out.getvalue().startswith(b"\x89PNG")
     assert plot_arms([], io.BytesIO()) == []
+    # the one legend names the arms of every panel, not only the last's
+    legend = []
+    with mock.patch(
+        "matplotlib.axes.Axes.legend", lambda ax, h, labels, **kw: legend.append(list(labels))
+    ):
+        plot_arms(rows, io.BytesIO())
+    assert legend == [[ARM_STYLE[a][2] for a in ("A", "C", "B")]]
     # other lines than the study's arms (the diagnostics' width rules), in the given order
     rules = {"sp": ("tab:red", "v", "SP"), "mup": ("tab:green", "o", "muP")}
     rows = [arm("stdlib", 64, "mup", [1.6]), arm("stdlib", 64, "sp", [1.5]),
