@@ -212,7 +212,7 @@ class LSTMLightningCLI(LightningCLI):
         # Lightning clips only under automatic optimization; the model clips in its own steps.
         self.model.gradient_clip_val, trainer.gradient_clip_val = trainer.gradient_clip_val, None
         if fused is not None:  # refuse a K that cannot keep the settings before a file is written
-            fused.fuse(trainer, self.datamodule, getattr(self, "resumed", None))
+            fused.fuse(trainer, self.datamodule, self.resumed)
         return trainer
 
 

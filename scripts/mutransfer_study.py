@@ -227,6 +227,21 @@ PROXIES = {
 }
 
 
+# The arms whose recipe is a proxy search's best trial, and that search's study.
+ARM_PROXY = {"A": "proxy_mup", "B": "proxy_sp", "A2": "proxy_mup_tpe"}
+# The verdicts the summary draws: (arm, against).
+VERDICTS = (("A", "C"), ("A", "D"), ("A2", "C"), ("A2", "D"), ("A2", "B"), ("A2", "B2"))
+
+
+def proxy_recipe(args, corpus: str, arm: str) -> dict:
+    """The best trial of ``arm``'s proxy search (its ``best.yaml``, written by the arm's
+    transfer), as a config tree; ``StepFailed`` when the transfer has not run yet."""
+    best = args.runs / corpus / ARM_PROXY[arm] / "best.yaml"
+    if not best.is_file():
+        raise StepFailed(f"{best} is missing: arm {arm}'s transfer writes it")
+    return yaml.safe_load(best.read_text(encoding="utf-8"))
+
+
 def proxy_steps(args, corpus: str) -> list[Step]:
     where, out = str(args.runs / corpus), []
     for study, (param, sampler, setting) in PROXIES.items():
@@ -254,13 +269,14 @@ def arm_steps(args, corpus: str, width: int) -> list[Step]:
                     **extra)  # fmt: skip
 
     low, high = args.d_grid
-    out = [
-        step("A", cli(args, "transfer", "--study", "proxy_mup", *final), n),
-        step("B", cli(args, "transfer", "--study", "proxy_sp", *final), n),
-    ]
+
+    def transfer(arm: str) -> Step:
+        return step(arm, cli(args, "transfer", "--study", ARM_PROXY[arm], *final), n)
+
+    out = [transfer("A"), transfer("B")]
     if args.a2_trials:  # A2, and B2: A2's recipe under SP (B's relation to A)
         b2 = str(args.runs / corpus / "arm_b2.yaml")
-        out += [step("A2", cli(args, "transfer", "--study", "proxy_mup_tpe", *final), n),
+        out += [transfer("A2"),
                 step("B2", cli(args, "transfer", "--from_file", b2, "--config", sp, *final), n,
                      action=lambda: write_b2(args, corpus))]  # fmt: skip
     out += [
@@ -318,16 +334,13 @@ def hazard_change(hazard: str, model: dict, m: float) -> dict:
 
 def write_hazard(args, corpus: str, hazard: str, width: int) -> str:
     """Write the hazard's recipe, or raise ``Unchanged`` when the change is the recipe's own."""
-    best = args.runs / corpus / "proxy_mup" / "best.yaml"
-    if not best.is_file():
-        raise StepFailed(f"{best} is missing: arm A's transfer writes it")
-    recipe = yaml.safe_load(best.read_text(encoding="utf-8"))
+    recipe = proxy_recipe(args, corpus, "A")
     change = hazard_change(hazard, recipe["model"], width / args.proxy_width)
     # A key the recipe lacks takes the config's value: count it as changed.
     if all(k in recipe["model"] and recipe["model"][k] == v for k, v in change.items()):
         raise Unchanged(f"the recipe already has {change}")
     recipe["model"].update(change)
-    head = f"# hazard {hazard} at width {width}: arm A's recipe ({best}) with {change}\n"
+    head = f"# hazard {hazard} at width {width}: arm A's recipe ({ARM_PROXY['A']}) with {change}\n"
     write_atomic(hazard_recipe(args, corpus, hazard), head + yaml.safe_dump(recipe))
     return f"recipe {hazard_recipe(args, corpus, hazard)}"
 
@@ -349,13 +362,11 @@ def write_b2(args, corpus: str) -> str:
     """``<runs>/<corpus>/arm_b2.yaml``: arm A2's recipe (the TPE proxy's best) under SP.
     At the proxy width the two parametrizations are the same model, so B2 is to A2 what
     B is to A: the recipe carried by SP's rules instead of muP's."""
-    best = args.runs / corpus / "proxy_mup_tpe" / "best.yaml"
-    if not best.is_file():
-        raise StepFailed(f"{best} is missing: arm A2's transfer writes it")
-    recipe = yaml.safe_load(best.read_text(encoding="utf-8"))
+    recipe = proxy_recipe(args, corpus, "A2")
     recipe["model"]["parametrization"] = "sp"
     path = args.runs / corpus / "arm_b2.yaml"
-    write_atomic(path, f"# arm B2: arm A2's recipe ({best}) under SP\n" + yaml.safe_dump(recipe))
+    write_atomic(path, f"# arm B2: arm A2's recipe ({ARM_PROXY['A2']}) under SP\n"
+                 + yaml.safe_dump(recipe))  # fmt: skip
     return f"recipe {path}"
 
 
@@ -464,7 +475,15 @@ def is_done(args, step: Step) -> bool:
 
 
 def run(args) -> int:
-    signal.signal(signal.SIGTERM, on_sigterm)
+    """Every step not done yet, in order; SIGTERM stops it (its handler is restored after)."""
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return run_steps(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_steps(args) -> int:
     failed = []
     for step in plan(args):
         if is_done(args, step):
@@ -519,13 +538,13 @@ ARMS = ("A", "A2", "B", "B2", "C", "D")  # the table's order
 
 def arm_sources(arm: str, width: int) -> tuple[str, Callable[[dict], bool]]:
     """An arm's final runs' group, and which results are its tuning."""
-    if arm in ("A", "B", "A2"):
-        study = {"A": "proxy_mup", "B": "proxy_sp", "A2": "proxy_mup_tpe"}[arm]
+    if arm in ARM_PROXY:
+        study = ARM_PROXY[arm]
         return f"{study}.transfer", lambda r: r.get("study") == study
     if arm == "C":
         return f"direct_sp_w{width}.transfer", lambda r: r.get("study") == f"direct_sp_w{width}"
     if arm == "B2":  # A2's search is its tuning
-        return "arm_b2.transfer", lambda r: r.get("study") == "proxy_mup_tpe"
+        return "arm_b2.transfer", lambda r: r.get("study") == ARM_PROXY["A2"]
     return (
         f"arm_d_w{width}.transfer",
         lambda r: r["group"] == "ARM_D" and r["hparams"]["hidden_size"] == width,
@@ -701,8 +720,7 @@ def collect(args) -> dict:
         for width in args.widths:
             here = {arm: arm_row(found, corpus, width, arm) for arm in ARMS}
             rows += [row for row in here.values() if row["n_runs"]]
-            pairs_ = [("A", "C"), ("A", "D"), ("A2", "C"), ("A2", "D"), ("A2", "B"), ("A2", "B2")]
-            against = [versus(here[a], here[x]) for a, x in pairs_
+            against = [versus(here[a], here[x]) for a, x in VERDICTS
                        if here[a]["n_runs"] and here[x]["n_runs"]]  # fmt: skip
             hazards += hazard_rows(found, corpus, width, here["A"])
             checks.append({"corpus": corpus, "width": width, "versus": [v for v in against if v]})
