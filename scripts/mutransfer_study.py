@@ -15,7 +15,9 @@ next. Per corpus and target width, the arms, each trained at the final seeds:
 - D: SP at its default multipliers, an octave grid of learning rates at the target
   (``configs/study/arm_d.py``), widened an octave at a time while its best is at an edge,
   then its best rate (``<corpus>/arm_d_w<W>.yaml``, ``transfer --from_file``);
-- C: SP searched at the target itself (a study of fewer trials, same space), then its best.
+- C: SP searched at the target itself (a study of fewer trials, same space), then its best;
+- A2, B2: A and B with the muP proxy searched by TPE (``proxy_mup_tpe``), the SP one copying
+  A2's recipe; the hazards: A2's (or A's) recipe with one factor changed.
 
 Every command resumes (``tune`` finishes a half-done study; ``transfer`` and ``sweep`` skip
 finished runs); a finished step leaves ``<runs>/.steps/<step>.done`` holding its command,
@@ -27,7 +29,7 @@ rerun whose config changed, so a study keeps one horizon. A negative list takes 
 
 ``summary`` writes ``<runs>/summary.md`` and ``summary.json``: per corpus, width and arm
 the final val/loss over the seeds (mean, population std, range), the tuning and training
-core-seconds (``result.json``'s ``core_seconds``: every attempt of each run), A against C
+core-seconds (``result.json``'s ``core_seconds``: every attempt of each run), A and A2 against B, B2, C
 and D by the pre-registered rule, the proxies' Spearman correlation of val/loss at half
 and at full horizon (the half-horizon value read from the trials' TensorBoard events,
 since ``result.json`` keeps only the final one), whether the muP and SP proxies agree
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import io
 import json
 import math
@@ -65,9 +68,9 @@ CORPORA = {  # name -> (base config, script that writes its data)
 }
 ARM_D_DEFS = "configs/study/arm_d.py"
 D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
-# The controlled experiments of the protocol's "If A does not win": arm A's recipe (the
-# muP proxy's best.yaml) at the first target width and the final seeds, with one factor
-# changed. A change that leaves the recipe as it is (e.g. zero-init on when the best trial
+# The controlled experiments of the protocol's "If A does not win": a muP arm's recipe
+# (``--hazard_arm``, A2 by default: the recipe that transfers; its proxy's best.yaml) at
+# the first target width and the final seeds, with one factor changed. A change that leaves the recipe as it is (e.g. zero-init on when the best trial
 # had it on) is skipped. Most informative first, as the study may stop between them.
 # The first two put back SP's rule for one of the two classes where muP and SP differ
 # under Adam (the readout's forward multiplier, the hidden matrices' lr): a key of
@@ -106,6 +109,7 @@ SETTINGS = (
     ("d_grid", "STUDY_D_GRID", "-11,-4", "arm D's first log2-lr window, lowest,highest"),
     ("d_extend", "STUDY_D_EXTEND", "3", "octaves arm D may add at an edge of its grid"),
     ("hazards", "STUDY_HAZARDS", ",".join(HAZARDS), "hazard experiments, in order (none: -)"),
+    ("hazard_arm", "STUDY_HAZARD_ARM", "A2", "the muP arm whose recipe each hazard changes"),
 )
 # CPU-seconds per training step, one thread, seq 64 x batch 32, one layer, Adam, stdlib
 # characters, measured with the code of the session start (d2415c0); see
@@ -137,6 +141,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [h for h in args.hazards if h not in HAZARDS]
     if unknown:
         raise SystemExit(f"error: --hazards: unknown {unknown}; use any of {', '.join(HAZARDS)}")
+    no_a2 = args.hazard_arm == "A2" and not args.a2_trials and args.hazards
+    if args.hazard_arm not in MUP_ARMS or no_a2:
+        raise SystemExit(f"error: --hazard_arm {args.hazard_arm}: use A or A2 (A2 needs "
+                         "--a2_trials > 0): the hazards change a muP arm's recipe")  # fmt: skip
     args.corpora = [c for c in args.corpora.split(",") if c]
     unknown = [c for c in args.corpora if c not in CORPORA]
     if unknown or not args.corpora:
@@ -229,6 +237,7 @@ PROXIES = {
 
 # The arms whose recipe is a proxy search's best trial, and that search's study.
 ARM_PROXY = {"A": "proxy_mup", "B": "proxy_sp", "A2": "proxy_mup_tpe"}
+MUP_ARMS = [arm for arm, proxy in ARM_PROXY.items() if PROXIES[proxy][0] == "mup"]  # A, A2
 # The verdicts the summary draws: (arm, against).
 VERDICTS = (("A", "C"), ("A", "D"), ("A2", "C"), ("A2", "D"), ("A2", "B"), ("A2", "B2"))
 
@@ -322,8 +331,9 @@ def plan(args) -> list[Step]:
 
 
 def hazard_recipe(args, corpus: str, hazard: str) -> Path:
-    """``<runs>/<corpus>/hazard_<name>.yaml``: arm A's recipe with the hazard's change."""
-    return args.runs / corpus / f"hazard_{hazard}.yaml"
+    """``<runs>/<corpus>/hazard_<arm>_<name>.yaml``: the arm's recipe with the hazard's
+    change (its transfer's group is the file's stem, so each arm's hazards stay apart)."""
+    return args.runs / corpus / f"hazard_{args.hazard_arm}_{hazard}.yaml"
 
 
 def hazard_change(hazard: str, model: dict, m: float) -> dict:
@@ -334,13 +344,14 @@ def hazard_change(hazard: str, model: dict, m: float) -> dict:
 
 def write_hazard(args, corpus: str, hazard: str, width: int) -> str:
     """Write the hazard's recipe, or raise ``Unchanged`` when the change is the recipe's own."""
-    recipe = proxy_recipe(args, corpus, "A")
+    arm = args.hazard_arm
+    recipe = proxy_recipe(args, corpus, arm)
     change = hazard_change(hazard, recipe["model"], width / args.proxy_width)
     # A key the recipe lacks takes the config's value: count it as changed.
     if all(k in recipe["model"] and recipe["model"][k] == v for k, v in change.items()):
         raise Unchanged(f"the recipe already has {change}")
     recipe["model"].update(change)
-    head = f"# hazard {hazard} at width {width}: arm A's recipe ({ARM_PROXY['A']}) with {change}\n"
+    head = f"# hazard {hazard} at width {width}: arm {arm}'s recipe ({ARM_PROXY[arm]}) with {change}\n"
     write_atomic(hazard_recipe(args, corpus, hazard), head + yaml.safe_dump(recipe))
     return f"recipe {hazard_recipe(args, corpus, hazard)}"
 
@@ -602,15 +613,17 @@ def arm_row(found: list[dict], corpus: str, width: int, arm: str) -> dict:
             "tuning_planned_core_seconds": planned(searched)}  # fmt: skip
 
 
-def hazard_rows(found: list[dict], corpus: str, width: int, a: dict) -> list[dict]:
-    """Each hazard experiment run at a width, against arm A (``versus``, A as the other)."""
+def hazard_rows(found: list[dict], corpus: str, width: int, arms: dict) -> list[dict]:
+    """Each hazard experiment run at a width, against the muP arm whose recipe it changed
+    (``arms``: arm -> ``arm_row``; ``versus`` with that arm as the other)."""
     rows = []
-    for hazard in HAZARDS:
-        row = final_losses(found, f"hazard_{hazard}.transfer", width)
+    for arm, hazard in itertools.product(MUP_ARMS, HAZARDS):
+        row = final_losses(found, f"hazard_{arm}_{hazard}.transfer", width)
         if row["n_runs"]:
-            row = {"corpus": corpus, "width": width, "arm": f"A, {hazard}", **row,
-                   "tuning_core_seconds": a["tuning_core_seconds"]}  # fmt: skip
-            rows.append({**row, "hazard": hazard, "versus_a": versus(row, a)})
+            row = {"corpus": corpus, "width": width, "arm": f"{arm}, {hazard}", **row,
+                   "tuning_core_seconds": arms[arm]["tuning_core_seconds"]}  # fmt: skip
+            rows.append({**row, "base": arm, "hazard": hazard,
+                         "versus_base": versus(row, arms[arm])})  # fmt: skip
     return rows
 
 
@@ -722,7 +735,7 @@ def collect(args) -> dict:
             rows += [row for row in here.values() if row["n_runs"]]
             against = [versus(here[a], here[x]) for a, x in VERDICTS
                        if here[a]["n_runs"] and here[x]["n_runs"]]  # fmt: skip
-            hazards += hazard_rows(found, corpus, width, here["A"])
+            hazards += hazard_rows(found, corpus, width, here)
             checks.append({"corpus": corpus, "width": width, "versus": [v for v in against if v]})
             if width in args.c_widths:
                 pairs.append({"corpus": corpus, "width": width,
@@ -765,15 +778,15 @@ def markdown(doc: dict) -> str:
         lines.append(f"- {g['corpus']}: the muP and SP proxies (the same model at the base "
                      f"width) agree on {g['equal']} of {g['n']} shared trials")  # fmt: skip
     if doc["hazards"]:
-        lines += ["", "Hazard experiments (arm A's recipe with one change; gap: A's mean minus "
-                  "the experiment's, positive when the change helps):", "",
-                  "| corpus | width | change | val/loss mean ± std | seeds | gap to A | spread |",
-                  "|---|---:|---|---|---:|---:|---|"]  # fmt: skip
+        lines += ["", "Hazard experiments (an arm's recipe with one change; gap: the arm's mean "
+                  "minus the experiment's, positive when the change helps):", "",
+                  "| corpus | width | arm | change | val/loss mean ± std | seeds | gap to the arm "
+                  "| spread |", "|---|---:|:-:|---|---|---:|---:|---|"]  # fmt: skip
         for h in doc["hazards"]:
-            v = h["versus_a"]
+            v = h["versus_base"]
             gap = "-" if v is None else f"{v['gap']:+.4f}"
             spread = "-" if v is None else "clear" if v["clear"] else "within the seeds' spread"
-            lines.append(f"| {h['corpus']} | {h['width']} | {h['hazard']} | "
+            lines.append(f"| {h['corpus']} | {h['width']} | {h['base']} | {h['hazard']} | "
                          f"{num(h['loss_mean'])} ± {num(h['loss_std'])} | "
                          f"{h['n_seeds']}/{h['n_runs']} | {gap} | {spread} |")  # fmt: skip
         lines.append("")

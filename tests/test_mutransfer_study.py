@@ -50,7 +50,7 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
     assert names(toy("plan", "--hazards", "-"))[26:28] == ["stdlib.w24.A", "stdlib.w24.B"]
     # without arm A2: no TPE proxy, no A2 or B2 step
     assert not [
-        n for n in names(toy("plan", "--a2_trials", "0")) if "tpe" in n or n[-3:] in (".A2", ".B2")
+        n for n in names(toy("plan", "--a2_trials", "0", "--hazard_arm", "A")) if "tpe" in n or n[-3:] in (".A2", ".B2")
     ]
     step = next(s for s in study.plan(toy("plan")) if s.name == "stdlib.proxy_mup_tpe")
     assert step.argv[step.argv.index("--sampler") + 1] == "tpe" and step.runs == 128
@@ -58,12 +58,9 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
         toy("plan", "--hazards", "eps_scalling")
 
 
-def test_a_hazard_is_arm_as_recipe_with_one_change_or_is_skipped(toy):
-    args = toy(
-        "run",
-        "--hazards",
-        "readout_zero_init_on,readout_zero_init_off,forget_bias_2,readout_sp,hidden_lr_sp",
-    )
+def test_a_hazard_is_an_arms_recipe_with_one_change_or_is_skipped(toy):
+    hazards = "readout_zero_init_on,readout_zero_init_off,forget_bias_2,readout_sp,hidden_lr_sp"
+    args = toy("run", "--hazards", hazards, "--hazard_arm", "A")
     best = args.runs / "stdlib" / "proxy_mup" / "best.yaml"
     with pytest.raises(study.StepFailed, match="best.yaml is missing"):
         study.write_hazard(args, "stdlib", "forget_bias_2", 16)
@@ -80,11 +77,22 @@ def test_a_hazard_is_arm_as_recipe_with_one_change_or_is_skipped(toy):
                            ("readout_sp", {"output_mult": 3.0}),
                            ("hidden_lr_sp", {"hidden_lr_mult": 2.0})):  # fmt: skip
         study.write_hazard(args, "stdlib", hazard, 16)
-        written = yaml.safe_load(study.hazard_recipe(args, "stdlib", hazard).read_text())
-        assert written == {"model": {**recipe["model"], **change}}
+        path = study.hazard_recipe(args, "stdlib", hazard)
+        assert path.name == f"hazard_A_{hazard}.yaml"  # its transfer's group names the arm
+        assert yaml.safe_load(path.read_text()) == {"model": {**recipe["model"], **change}}
     step = next(s for s in study.plan(args) if s.name == "stdlib.w16.hazard_forget_bias_2")
     assert "--from_file" in step.argv and "stdlib_mup_w16.yaml" in " ".join(step.argv)
     assert step.argv[step.argv.index("--seeds") + 1] == "1,2"
+    # by default the hazards change A2's recipe, the TPE proxy's best; only a muP arm's
+    args = toy("run", "--hazards", "forget_bias_2")
+    with pytest.raises(study.StepFailed, match="proxy_mup_tpe/best.yaml is missing"):
+        study.write_hazard(args, "stdlib", "forget_bias_2", 16)
+    for arm in ("B", "C"):
+        with pytest.raises(SystemExit, match=f"--hazard_arm {arm}: use A or A2"):
+            toy("plan", "--hazard_arm", arm)
+    with pytest.raises(SystemExit, match="A2 needs --a2_trials > 0"):
+        toy("plan", "--a2_trials", "0")
+    assert toy("plan", "--a2_trials", "0", "--hazards", "-").hazard_arm == "A2"  # no hazards
 
 
 def test_the_plan_prints_every_command_and_its_core_seconds(toy, capsys):
@@ -336,15 +344,20 @@ def test_arm_b2_is_a2s_recipe_under_sp(toy):
     assert "stdlib_sp_w16.yaml" in " ".join(step.argv) and "arm_b2.yaml" in " ".join(step.argv)
 
 
-def test_hazard_rows_compare_each_change_with_arm_a():
+def test_hazard_rows_compare_each_change_with_the_arm_it_changed():
     found = [result("proxy_mup.transfer", 256, x, seed=s) for s, x in ((1, 1.50), (2, 1.52))]
-    found += [result("hazard_init_std_1.transfer", 256, x, seed=s)
+    found += [result("proxy_mup_tpe.transfer", 256, x, seed=s) for s, x in ((1, 1.2), (2, 1.3))]
+    found += [result("hazard_A_init_std_1.transfer", 256, x, seed=s)
               for s, x in ((1, 1.40), (2, 1.41))]  # fmt: skip
-    a = study.arm_row(found, "stdlib", 256, "A")
-    (row,) = study.hazard_rows(found, "stdlib", 256, a)
+    found += [result("hazard_A2_eps_scaling.transfer", 256, 1.26, seed=s) for s in (1, 2)]
+    arms = {arm: study.arm_row(found, "stdlib", 256, arm) for arm in ("A", "A2")}
+    row, row2 = study.hazard_rows(found, "stdlib", 256, arms)
     assert row["hazard"] == "init_std_1" and row["loss_mean"] == pytest.approx(1.405)
-    assert row["versus_a"]["gap"] == pytest.approx(0.105) and row["versus_a"]["clear"]
-    assert "| stdlib | 256 | init_std_1 | 1.4050 ± 0.0050 | 2/2 | +0.1050 | clear |" in (
+    assert row["versus_base"]["gap"] == pytest.approx(0.105) and row["versus_base"]["clear"]
+    assert (row2["base"], row2["hazard"]) == ("A2", "eps_scaling")
+    assert row2["versus_base"]["gap"] == pytest.approx(-0.01)  # A2's seeds span it
+    assert not row2["versus_base"]["clear"]
+    assert "| stdlib | 256 | A | init_std_1 | 1.4050 ± 0.0050 | 2/2 | +0.1050 | clear |" in (
         study.markdown(
             {
                 "arms": [],
