@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import io
+import itertools
 import json
 import math
 import os
@@ -351,7 +351,9 @@ def write_hazard(args, corpus: str, hazard: str, width: int) -> str:
     if all(k in recipe["model"] and recipe["model"][k] == v for k, v in change.items()):
         raise Unchanged(f"the recipe already has {change}")
     recipe["model"].update(change)
-    head = f"# hazard {hazard} at width {width}: arm {arm}'s recipe ({ARM_PROXY[arm]}) with {change}\n"
+    head = (
+        f"# hazard {hazard} at width {width}: arm {arm}'s recipe ({ARM_PROXY[arm]}) with {change}\n"
+    )
     write_atomic(hazard_recipe(args, corpus, hazard), head + yaml.safe_dump(recipe))
     return f"recipe {hazard_recipe(args, corpus, hazard)}"
 

@@ -50,7 +50,9 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
     assert names(toy("plan", "--hazards", "-"))[26:28] == ["stdlib.w24.A", "stdlib.w24.B"]
     # without arm A2: no TPE proxy, no A2 or B2 step
     assert not [
-        n for n in names(toy("plan", "--a2_trials", "0", "--hazard_arm", "A")) if "tpe" in n or n[-3:] in (".A2", ".B2")
+        n
+        for n in names(toy("plan", "--a2_trials", "0", "--hazard_arm", "A"))
+        if "tpe" in n or n[-3:] in (".A2", ".B2")
     ]
     step = next(s for s in study.plan(toy("plan")) if s.name == "stdlib.proxy_mup_tpe")
     assert step.argv[step.argv.index("--sampler") + 1] == "tpe" and step.runs == 128
