@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+import lstm_lightning.derive
 import lstm_lightning.experiments as ex
 import lstm_lightning.groups
 from lstm_lightning.errors import ConfigError
@@ -638,6 +639,8 @@ def test_select_checks_structure_of_a_named_group(tmp_path):
 def test_doctests_pass():
     result = doctest.testmod(ex, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
-    assert result.attempted >= 15  # every public docstring has examples
+    assert result.attempted >= 5  # every public docstring has examples
+    result = doctest.testmod(lstm_lightning.derive, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 10  # the utilities' examples
     result = doctest.testmod(lstm_lightning.groups, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 4
