@@ -7,7 +7,7 @@
 #   scripts/study_diagnostics.sh run [GROUP...]    # groups below
 #   scripts/study_diagnostics.sh summary            # NAME and final val/loss of every finished run
 #   scripts/study_diagnostics.sh plot OUT.png       # A's recipe against width under each width rule
-#   (groups in the order they ran: screen lr split width defaults alpha factor input horizon a2)
+#   (groups in the order they ran: screen lr split width defaults alpha factor input horizon a2 readout)
 # Wall time on the 2-core VM, one run at a time: width 32 ~15 s, 64 ~30 s, 128 ~1 min,
 # 256 ~4-6 min (twice that beside another job).
 set -euo pipefail
@@ -107,12 +107,28 @@ group() {
     for w in 128 64; do
       run "input_over_m_w$w" --model.hidden_size=$w --model.input_lr_mult="$(times "$im" "$("$PY" -c "print(32 / $w)")")"
     done ;;
+  readout)  # what is left of muP's gap to SP at arm D's settings (128): muP made SP's twin.
+    # muP's readout logits start 1/sqrt(m) = 1/2 of SP's (init std x sqrt(m), forward x 1/m);
+    # output_mult sqrt(m) = 2 makes them equal, and output lr x 1/2 keeps the logits' Adam
+    # step at SP's 2^-6. twin: that, with the input lr cut to SP's (x 1/4), at muP's best
+    # 2^-4: only the readout bias's lr differs (2^-4, SP's 2^-6). twin_lr-6: the same
+    # model at a global 2^-6, every class's lr matched to SP's (hidden x 4, output x 2):
+    # SP's twin in full, the bias's lr included.
+    local D="--model.init_std=1 --model.embedding_mult=1 --model.warmup_steps=20 \
+      --model.hidden_size=128 --model.readout_zero_init=false --model.output_mult=2"
+    # shellcheck disable=SC2086  # D is a list of flags
+    {
+      run twin_mup_w128 $D --model.learning_rate=0.0625 --model.input_lr_mult=0.25 \
+        --model.hidden_lr_mult=1 --model.output_lr_mult=0.5
+      run twin_mup_w128_lr-6 $D --model.learning_rate=0.015625 --model.input_lr_mult=1 \
+        --model.hidden_lr_mult=4 --model.output_lr_mult=2
+    } ;;
   a2)  # arm A2's recipe (the TPE proxy's best) against width under muP and under SP
     local RUN_BASE=runs/study/mutransfer/stdlib/proxy_mup_tpe.transfer/w256_seed1/config.yaml
     [ -f "$RUN_BASE" ] || { echo "error: $RUN_BASE is missing: run arm A2 at 256 first" >&2; exit 2; }
     for w in 32 64 128; do run "a2_mup_w$w" --model.hidden_size=$w; done
     for w in 64 128 256; do run "a2_sp_w$w" --model.hidden_size=$w --model.parametrization=sp; done ;;
-  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor input horizon a2" >&2; exit 2 ;;
+  *) echo "error: unknown group $1; use screen lr split width defaults alpha factor input horizon a2 readout" >&2; exit 2 ;;
   esac
 }
 
@@ -120,7 +136,7 @@ case ${1:-} in
 run)
   [ -f "$BASE" ] || { echo "error: $BASE is missing: run arm A first (scripts/mutransfer_study.py run)" >&2; exit 2; }
   shift
-  for g in "${@:-screen lr split width defaults alpha factor input horizon a2}"; do for one in $g; do group "$one"; done; done ;;
+  for g in "${@:-screen lr split width defaults alpha factor input horizon a2 readout}"; do for one in $g; do group "$one"; done; done ;;
 summary)
   "$PY" - "$OUT" <<'PY'
 import sys
