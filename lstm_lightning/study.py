@@ -49,7 +49,7 @@ class Spec:
     space: str
     study: str
     trials: int
-    sampler: str = "random"
+    sampler: str  # its default is cli.py tune's (tune.main)
     seed: int = 0
     objective: str = "val/loss"
     runs_dir: str = "runs"

@@ -51,7 +51,13 @@ class Files:
         self.space.write_text(yaml.safe_dump(space))
 
     def spec(self, **more) -> Spec:
-        fields = {"study": "s", "trials": 4, "runs_dir": str(self.runs), **more}
+        fields = {
+            "study": "s",
+            "trials": 4,
+            "sampler": "random",
+            "runs_dir": str(self.runs),
+            **more,
+        }
         return Spec(config=str(self.base), space=str(self.space), **fields)
 
     def args(self, *extra: str, study: str = "s", trials: int = 4) -> list[str]:
@@ -219,6 +225,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(files, capsys):
         (line,) = [x for x in out.splitlines() if x.startswith(f"  {label(n)}  ")]
         assert f"learning_rate={shown['learning_rate']:.4g}" in line.split()
     assert not files.runs.exists()
+    # the default sampler is TPE (the μTransfer study's rule): its plan says it adapts
+    assert cli_main(files.args("--dry_run", trials=3)) == 0
+    out = capsys.readouterr().out
+    assert "sampler tpe seed 0" in out and "tpe is adaptive" in out
 
 
 def test_bad_input_is_one_line(files, capsys):
