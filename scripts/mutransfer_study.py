@@ -97,7 +97,7 @@ SETTINGS = (
     ("runs", "STUDY_RUNS", "runs/study/mutransfer", "the study's runs folder (outside git)"),
     ("corpora", "STUDY_CORPORA", "stdlib,prose", "corpora, in order (stdlib, prose)"),
     ("steps", "STUDY_STEPS", "1000", "training horizon of every run (even: val at half too)"),
-    ("space", "STUDY_SPACE", "configs/space_lstm.yaml", "the search space of every study"),
+    ("space", "STUDY_SPACE", "configs/study/space.yaml", "the search space of every study"),
     ("workers", "STUDY_WORKERS", "auto", "--workers of every command (a number or auto)"),
     ("proxy_width", "STUDY_PROXY_WIDTH", "32", "the proxy's width = base_hidden_size"),
     ("proxy_trials", "STUDY_PROXY_TRIALS", "64", "trials of each proxy search (muP, SP)"),

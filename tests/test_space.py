@@ -149,11 +149,24 @@ def test_a_valid_space_round_trips_to_optuna():
     assert dists["embedding_size"] == CategoricalDistribution((None, 16))
 
 
-def test_the_shipped_space_transfers():
-    space = Space.from_file(SHIPPED, transfer=True)
+@pytest.mark.parametrize("path", [SHIPPED, SHIPPED.parent / "study" / "space.yaml"])
+def test_the_shipped_spaces_transfer(path):
+    space = Space.from_file(path, transfer=True)
     issue_example = {"learning_rate", "init_std", "output_mult", "embedding_mult"}
     assert issue_example <= set(space) and space["readout_zero_init"] == Choice((True, False))
     assert all(space[k].log for k in issue_example)
+
+
+def test_the_default_space_contains_the_study_space():
+    """The default widens the μTransfer study's frozen space, never narrows it: each of the
+    study's optima stays inside."""
+    default = Space.from_file(SHIPPED, transfer=True)
+    study = Space.from_file(SHIPPED.parent / "study" / "space.yaml", transfer=True)
+    assert set(default) == set(study)
+    for key, dist in study.items():
+        if hasattr(dist, "low"):
+            assert default[key].low <= dist.low and default[key].high >= dist.high, key
+    assert default["embedding_mult"].low < 0.125 and default["output_mult"].high > 8
 
 
 FLOAT_KEYS = ("learning_rate", "init_std", "output_mult", "embedding_mult", "model.eps")
