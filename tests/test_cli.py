@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lstm_lightning.cli import COMMANDS, EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
 from lstm_lightning.fit import build_cli
 from lstm_lightning.module import LanguageModel
-from scripts import stdlib_corpus
+from scripts import prose_corpus, stdlib_corpus
 from tests.conftest import scalars, signal_at
 
 __all__ = ["scalars"]  # test_module and test_resume import it from here until they switch
@@ -36,6 +37,22 @@ def test_every_config_parses_and_links_the_vocabulary(config, tmp_path, monkeypa
     cli = build_cli(["--config", config, "--trainer.logger", "false"], run=False)
     assert isinstance(cli.model, LanguageModel)
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
+
+
+@pytest.mark.parametrize("corpus", ["stdlib", "prose"])
+def test_the_study_recipes_train_wider_on_their_corpus_config(corpus, tmp_path, monkeypatch):
+    """configs/recipes/<corpus>_mup.yaml, as its header says to use it: on the study's
+    corpus config, at a width other than the proxy's, every key a model argument."""
+    root = Path(__file__).parent.parent / "configs"
+    monkeypatch.chdir(tmp_path)
+    script = stdlib_corpus if corpus == "stdlib" else prose_corpus
+    assert script.main(["--out", f"data/{corpus}.txt", "--bytes", "200000"]) == 0
+    recipe = root / "recipes" / f"{corpus}_mup.yaml"
+    argv = ["--config", str(root / "study" / f"{corpus}.yaml"), "--config", str(recipe)]
+    cli = build_cli([*argv, "--model.hidden_size", "64", "--trainer.logger", "false"], run=False)
+    hp, tuned = cli.model.hparams, yaml.safe_load(recipe.read_text())["model"]
+    assert {k: hp[k] for k in tuned} == tuned and hp.hidden_size == 64
+    assert hp.parametrization == "mup" and hp.base_hidden_size == 32
 
 
 def test_overrides_reach_the_model():
