@@ -18,7 +18,7 @@ from numbers import Real
 from typing import Any
 
 from lstm_lightning.errors import ConfigError, did_you_mean
-from lstm_lightning.groups import Group, as_list, check_structure, check_unique_labels
+from lstm_lightning.groups import Group, as_list, check_structure, make_group
 
 
 def subset_experiments(
@@ -90,7 +90,7 @@ def generate_lr_sweep_experiment(
         for sub in base_experiment["subexperiments"]
         for lr in lrs
     ]
-    return _group(name or f"{base_experiment['name']}_lr_sweep", subs)
+    return make_group(name or f"{base_experiment['name']}_lr_sweep", subs)
 
 
 def create_multi_lr_experiments(
@@ -139,7 +139,7 @@ def create_multi_seed_experiments(
         for sub in base_experiment["subexperiments"]
         for seed in seeds
     ]
-    return _group(name or base_experiment["name"], subs)
+    return make_group(name or base_experiment["name"], subs)
 
 
 def _values(values: Iterable[Any], what: str, kind: type) -> list[Any]:
@@ -156,10 +156,3 @@ def _variant(sub: dict[str, Any], suffix: str, key: str, value: Any) -> dict[str
     overrides = copy.deepcopy(sub["overrides"])
     overrides[key] = value
     return {"label": sub["label"] + suffix, "overrides": overrides}
-
-
-def _group(name: str, subs: list[dict[str, Any]]) -> Group:
-    group = {"name": name, "subexperiments": subs}
-    check_structure(group)  # a suffix can push a label past 128 characters
-    check_unique_labels(group)  # e.g. two rates equal to 6 digits, or a repeated seed
-    return group

@@ -48,8 +48,7 @@ from pathlib import Path
 from typing import Any
 
 # The seed's utilities (``derive``); re-exported because users and definitions files
-# import them from here. ``_group`` builds and checks the groups below.
-from lstm_lightning.derive import _group
+# import them from here.
 from lstm_lightning.derive import create_multi_lr_experiments as create_multi_lr_experiments
 from lstm_lightning.derive import create_multi_seed_experiments as create_multi_seed_experiments
 from lstm_lightning.derive import generate_lr_sweep_experiment as generate_lr_sweep_experiment
@@ -62,7 +61,7 @@ from lstm_lightning.groups import GROUP_KEYS as GROUP_KEYS
 from lstm_lightning.groups import SAFE_CHARS as SAFE_CHARS
 from lstm_lightning.groups import SAFE_NAME as SAFE_NAME
 from lstm_lightning.groups import SUBEXPERIMENT_KEYS as SUBEXPERIMENT_KEYS
-from lstm_lightning.groups import Group, check_structure, check_unique_labels
+from lstm_lightning.groups import Group, check_structure, check_unique_labels, make_group
 
 # --- learning-rate sweeps --------------------------------------------------------------
 # Powers of two, so every width's sweep hits the same grid and optima compare exactly.
@@ -102,7 +101,7 @@ def width_group(name: str, optimizer: str, parametrization: str, widths: Iterabl
         }
         for w in widths
     ]
-    return _group(name, subs)
+    return make_group(name, subs)
 
 
 def scaling_group(name: str, optimizer: str, parametrization: str, widths: Iterable[int]) -> Group:
@@ -135,7 +134,7 @@ def transfer_group(
             "subexperiments"
         ]
     ]
-    return create_multi_seed_experiments(_group(name, subs), seeds)
+    return create_multi_seed_experiments(make_group(name, subs), seeds)
 
 
 MUP_SCALING_EXPERIMENTS = transfer_group(

@@ -139,3 +139,13 @@ def check_unique_labels(groups: Group | list[Group]) -> None:
 def as_list(groups: Group | list[Group]) -> list[Group]:
     """One group or a list of groups, as a list."""
     return [groups] if isinstance(groups, dict) else list(groups)
+
+
+def make_group(name: str, subs: list[dict[str, Any]]) -> Group:
+    """The group ``{"name": name, "subexperiments": subs}``, checked as it is made: a
+    derived label can grow past 128 characters, or two derived labels collide (two rates
+    equal to 6 digits, a repeated seed), and that is an error here, not in the sweep."""
+    group = {"name": name, "subexperiments": subs}
+    check_structure(group)
+    check_unique_labels(group)
+    return group

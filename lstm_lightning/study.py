@@ -34,6 +34,7 @@ JOURNAL, DEFINITION, ASK_LOCK, CLAIM = "study.journal", "study.yaml", ".ask.lock
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # What a rerun must share with the study it reopens (the base config by its hash).
 COMPARED = ("space", "sampler", "seed", "objective", "transfer", "proxy")
+FLAGS = ("sampler", "seed", "objective")  # of COMPARED, those a flag sets to one value
 PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73)
 
 
@@ -118,7 +119,13 @@ def check_definition(setup: Setup) -> None:
         write_atomic(path, yaml.dump(new, Dumper=_Readable, sort_keys=False))
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    differs = [k for k in COMPARED if old.get(k) != new[k]]
+    # A flag's old value says how to continue the study (e.g. one begun under another
+    # default sampler): "sampler (random: pass --sampler random to continue it)".
+    differs = [
+        f"{k} ({old.get(k)}: pass --{k} {old.get(k)} to continue it)" if k in FLAGS else k
+        for k in COMPARED
+        if old.get(k) != new[k]
+    ]
     text = old.get("base_config_text") or ""
     if config_hash(text) != config_hash(new["base_config_text"]):
         differs.insert(0, f"base config{changes(text, new['base_config_text'])}")

@@ -70,8 +70,9 @@ ARM_D_DEFS = "configs/study/arm_d.py"
 D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
 # The controlled experiments of the protocol's "If A does not win": a muP arm's recipe
 # (``--hazard_arm``, A2 by default: the recipe that transfers; its proxy's best.yaml) at
-# the first target width and the final seeds, with one factor changed. A change that leaves the recipe as it is (e.g. zero-init on when the best trial
-# had it on) is skipped. Most informative first, as the study may stop between them.
+# the first target width and the final seeds, with one factor changed. A change that
+# leaves the recipe as it is (e.g. zero-init on when the best trial had it on) is
+# skipped. Most informative first, as the study may stop between them.
 # The first two put back SP's rule for one of the two classes where muP and SP differ
 # under Adam (the readout's forward multiplier, the hidden matrices' lr): a key of
 # WIDTH_SCALED is multiplied by m = width / proxy width, the recipe's value (default 1)
@@ -141,10 +142,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [h for h in args.hazards if h not in HAZARDS]
     if unknown:
         raise SystemExit(f"error: --hazards: unknown {unknown}; use any of {', '.join(HAZARDS)}")
-    no_a2 = args.hazard_arm == "A2" and not args.a2_trials and args.hazards
-    if args.hazard_arm not in MUP_ARMS or no_a2:
-        raise SystemExit(f"error: --hazard_arm {args.hazard_arm}: use A or A2 (A2 needs "
-                         "--a2_trials > 0): the hazards change a muP arm's recipe")  # fmt: skip
+    if args.hazard_arm not in MUP_ARMS:
+        raise SystemExit(f"error: --hazard_arm {args.hazard_arm}: use one of "
+                         f"{', '.join(MUP_ARMS)} (the hazards change a muP arm's recipe)")  # fmt: skip
+    if (
+        args.command != "summary"
+        and args.hazards
+        and ARM_PROXY[args.hazard_arm]
+        not in (s for s, (_, _, setting) in PROXIES.items() if getattr(args, setting))
+    ):
+        raise SystemExit(f"error: --hazard_arm {args.hazard_arm}: its proxy search has no "
+                         "trials (--a2_trials 0); pass another --hazard_arm or --hazards -")  # fmt: skip
     args.corpora = [c for c in args.corpora.split(",") if c]
     unknown = [c for c in args.corpora if c not in CORPORA]
     if unknown or not args.corpora:
@@ -367,7 +375,8 @@ def hazard_step(args, corpus: str, width: int, hazard: str) -> Step:
     argv = cli(args, "transfer", "--from_file", str(hazard_recipe(args, corpus, hazard)),
                "--config", mup, "--widths", str(width), "--seeds",
                ",".join(map(str, args.seeds)), "--runs_dir", str(args.runs / corpus))  # fmt: skip
-    return Step(f"{corpus}.w{width}.hazard_{hazard}", f"hazards {width}", argv, len(args.seeds),
+    name = f"{corpus}.w{width}.hazard_{args.hazard_arm}_{hazard}"  # the recipe's own name
+    return Step(name, f"hazards {width}", argv, len(args.seeds),
                 width, args.steps, action=lambda: write_hazard(args, corpus, hazard, width))  # fmt: skip
 
 

@@ -43,7 +43,7 @@ def test_the_plan_runs_the_proxies_first_then_width_by_width(toy):
     w16 = ["A", "B", "A2", "B2", "D_grid", "D_choose", "D", "C_search", "C"]
     assert order[8:26] == [f"{c}.w16.{a}" for c in ("stdlib", "prose") for a in w16]
     # the hazard experiments at the first target width, before the next width
-    hazards = [f"{c}.w16.hazard_{h}" for c in ("stdlib", "prose") for h in study.HAZARDS]
+    hazards = [f"{c}.w16.hazard_A2_{h}" for c in ("stdlib", "prose") for h in study.HAZARDS]
     assert order[26 : 26 + len(hazards)] == hazards
     assert order[26 + len(hazards) :] == [f"{c}.w24.{a}" for c in ("stdlib", "prose")
                                           for a in w16[:7]]  # fmt: skip
@@ -82,7 +82,7 @@ def test_a_hazard_is_an_arms_recipe_with_one_change_or_is_skipped(toy):
         path = study.hazard_recipe(args, "stdlib", hazard)
         assert path.name == f"hazard_A_{hazard}.yaml"  # its transfer's group names the arm
         assert yaml.safe_load(path.read_text()) == {"model": {**recipe["model"], **change}}
-    step = next(s for s in study.plan(args) if s.name == "stdlib.w16.hazard_forget_bias_2")
+    step = next(s for s in study.plan(args) if s.name == "stdlib.w16.hazard_A_forget_bias_2")
     assert "--from_file" in step.argv and "stdlib_mup_w16.yaml" in " ".join(step.argv)
     assert step.argv[step.argv.index("--seeds") + 1] == "1,2"
     # by default the hazards change A2's recipe, the TPE proxy's best; only a muP arm's
@@ -90,11 +90,12 @@ def test_a_hazard_is_an_arms_recipe_with_one_change_or_is_skipped(toy):
     with pytest.raises(study.StepFailed, match="proxy_mup_tpe/best.yaml is missing"):
         study.write_hazard(args, "stdlib", "forget_bias_2", 16)
     for arm in ("B", "C"):
-        with pytest.raises(SystemExit, match=f"--hazard_arm {arm}: use A or A2"):
+        with pytest.raises(SystemExit, match=f"--hazard_arm {arm}: use one of A, A2 "):
             toy("plan", "--hazard_arm", arm)
-    with pytest.raises(SystemExit, match="A2 needs --a2_trials > 0"):
+    with pytest.raises(SystemExit, match=r"A2: its proxy search has no trials \(--a2_trials 0\)"):
         toy("plan", "--a2_trials", "0")
     assert toy("plan", "--a2_trials", "0", "--hazards", "-").hazard_arm == "A2"  # no hazards
+    assert toy("summary", "--a2_trials", "0").a2_trials == 0  # summary runs no hazard
 
 
 def test_the_plan_prints_every_command_and_its_core_seconds(toy, capsys):

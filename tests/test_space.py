@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
@@ -155,6 +156,24 @@ def test_the_shipped_spaces_transfer(path):
     issue_example = {"learning_rate", "init_std", "output_mult", "embedding_mult"}
     assert issue_example <= set(space) and space["readout_zero_init"] == Choice((True, False))
     assert all(space[k].log for k in issue_example)
+
+
+def test_the_study_space_is_frozen():
+    """Every study of the μTransfer study compares its space by content: an edit to
+    configs/study/space.yaml would make each refuse to resume."""
+    frozen = yaml.safe_load((SHIPPED.parent / "study" / "space.yaml").read_text())
+    wide = {"low": 0.125, "high": 8.0, "log": True}
+    assert frozen == {
+        "learning_rate": {"low": 1.0e-4, "high": 0.3, "log": True},
+        "init_std": {"low": 0.25, "high": 4.0, "log": True},
+        "output_mult": wide,
+        "embedding_mult": wide,
+        "readout_zero_init": {"choices": [True, False]},
+        "warmup_steps": {"low": 0, "high": 200, "step": 10},
+        "input_lr_mult": wide,
+        "hidden_lr_mult": wide,
+        "output_lr_mult": wide,
+    }
 
 
 def test_the_default_space_contains_the_study_space():

@@ -190,8 +190,14 @@ def test_a_rerun_with_another_definition_is_refused(files):
     assert written["proxy"] == {"hidden_size": 16, "base_hidden_size": 16, "parametrization": "mup"}
     assert written["space"] == SPACE and written["sampler"] == "random"
     check_definition(prepare(files.spec(seed=0, trials=9)))  # more trials: the same study
-    with pytest.raises(ConfigError, match=r"different seed; give a new --study name"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different seed \(0: pass --seed 0 to continue it\); give a new --study name",
+    ):
         check_definition(prepare(files.spec(seed=1)))
+    # a study begun under the old default sampler (random) says how to continue it
+    with pytest.raises(ConfigError, match=r"different sampler \(random: pass --sampler random to"):
+        check_definition(prepare(files.spec(seed=0, sampler="tpe")))
     files.base.write_text(
         files.base.read_text().replace("learning_rate: 0.01", "learning_rate: 0.02")
     )
