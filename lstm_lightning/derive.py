@@ -83,13 +83,8 @@ def generate_lr_sweep_experiment(
     >>> generate_lr_sweep_experiment(base, [0.5, 2.0**-5])
     {'name': 'B_lr_sweep', 'subexperiments': [{'label': 'lstm_16d_lr0.5', 'overrides': {'hidden_size': 16, 'learning_rate': 0.5}}, {'label': 'lstm_16d_lr0.03125', 'overrides': {'hidden_size': 16, 'learning_rate': 0.03125}}]}
     """
-    check_structure(base_experiment)
-    lrs = _values(learning_rates, "learning_rates", Real)
-    subs = [
-        _variant(sub, f"_lr{lr:g}", "learning_rate", lr)
-        for sub in base_experiment["subexperiments"]
-        for lr in lrs
-    ]
+    subs = _expand(base_experiment, "learning_rate", (learning_rates, "learning_rates", Real),
+                   lambda lr: f"_lr{lr:g}")  # fmt: skip
     return make_group(name or f"{base_experiment['name']}_lr_sweep", subs)
 
 
@@ -132,14 +127,17 @@ def create_multi_seed_experiments(
     >>> create_multi_seed_experiments(base, seeds=(0, 1))
     {'name': 'B', 'subexperiments': [{'label': 'lstm_16d_lr0.5_s0', 'overrides': {'learning_rate': 0.5, 'seed': 0}}, {'label': 'lstm_16d_lr0.5_s1', 'overrides': {'learning_rate': 0.5, 'seed': 1}}]}
     """
-    check_structure(base_experiment)
-    seeds = _values(seeds, "seeds", int)
-    subs = [
-        _variant(sub, f"_s{seed}", "seed", seed)
-        for sub in base_experiment["subexperiments"]
-        for seed in seeds
-    ]
+    subs = _expand(base_experiment, "seed", (seeds, "seeds", int), lambda seed: f"_s{seed}")
     return make_group(name or base_experiment["name"], subs)
+
+
+def _expand(base: Group, key: str, given: tuple, suffix) -> list[dict[str, Any]]:
+    """Every sub-experiment of ``base`` times every value of ``key``, in that order, each
+    label grown by ``suffix(value)``; ``given`` is ``_values``'s (values, what, kind),
+    checked after ``base``."""
+    check_structure(base)
+    values = _values(*given)
+    return [_variant(sub, suffix(v), key, v) for sub in base["subexperiments"] for v in values]
 
 
 def _values(values: Iterable[Any], what: str, kind: type) -> list[Any]:
