@@ -145,14 +145,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.hazard_arm not in MUP_ARMS:
         raise SystemExit(f"error: --hazard_arm {args.hazard_arm}: use one of "
                          f"{', '.join(MUP_ARMS)} (the hazards change a muP arm's recipe)")  # fmt: skip
-    if (
-        args.command != "summary"
-        and args.hazards
-        and ARM_PROXY[args.hazard_arm]
-        not in (s for s, (_, _, setting) in PROXIES.items() if getattr(args, setting))
-    ):
+    setting = PROXIES[ARM_PROXY[args.hazard_arm]][2]  # the setting with its proxy's trials
+    if args.command != "summary" and args.hazards and not getattr(args, setting):
         raise SystemExit(f"error: --hazard_arm {args.hazard_arm}: its proxy search has no "
-                         "trials (--a2_trials 0); pass another --hazard_arm or --hazards -")  # fmt: skip
+                         f"trials (--{setting} 0); pass another --hazard_arm or --hazards -")  # fmt: skip
     args.corpora = [c for c in args.corpora.split(",") if c]
     unknown = [c for c in args.corpora if c not in CORPORA]
     if unknown or not args.corpora:
