@@ -31,6 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lstm_lightning import checkpoints, ranges
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check, did_you_mean
+from lstm_lightning.files import write_atomic
 from lstm_lightning.fused import FusedSteps, StepProgressBar, resumed_counts
 from lstm_lightning.module import LanguageModel
 from lstm_lightning.requeue import RequeueOnSignal
@@ -216,6 +217,21 @@ class LSTMLightningCLI(LightningCLI):
         return trainer
 
 
+class SaveRunConfig(SaveConfigCallback):
+    """Lightning's config saver, written atomically into the logger's folder, and not at
+    all without a logger: Lightning's folder then is the working one, where config.yaml
+    would overwrite the user's own file (a checkpoint keeps the hyperparameters anyway)."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if self.save_to_log_dir and not self.already_saved:
+            log_dir = trainer.log_dir if trainer.loggers else None  # broadcasts: every rank
+            if log_dir is not None and trainer.is_global_zero:
+                text = self.parser.dump(self.config, skip_none=False)
+                write_atomic(os.path.join(log_dir, self.config_filename), text)
+            self.save_to_log_dir = False  # Lightning's own setup does the rest
+        super().setup(trainer, pl_module, stage)
+
+
 def build_cli(
     args: list[str] | None = None, run: bool = True, save_config: bool = True
 ) -> LSTMLightningCLI:
@@ -233,8 +249,7 @@ def build_cli(
             args=args,
             run=run,
             parser_kwargs={"exit_on_error": False},
-            save_config_kwargs={"overwrite": True},
-            save_config_callback=SaveConfigCallback if save_config else None,
+            save_config_callback=SaveRunConfig if save_config else None,
             # The optimizer and schedule are model.optimizer and model.schedule (muP sets
             # them per parameter group): LightningCLI's --optimizer would bypass muP.
             auto_configure_optimizers=False,

@@ -103,6 +103,16 @@ def test_the_saved_config_reproduces_the_run(tiny, tmp_path):
     assert scalars(first)["val/loss"] == scalars(second)["val/loss"]
 
 
+def test_fit_without_a_logger_leaves_the_working_folders_config_alone(tiny, tmp_path, monkeypatch):
+    # Lightning's log folder without a logger is the working one: its config saver would
+    # overwrite a config.yaml the user keeps there.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("# mine\n", encoding="utf-8")
+    assert main(["fit", *tiny("--trainer.logger", "false", steps=2)]) == 0
+    assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == "# mine\n"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_a_nan_loss_stops_the_run_with_one_line(tiny, capsys):
     # An absurd init overflows the first LSTM pre-activation to inf - inf = nan.
     assert main(["fit", *tiny("--model.init_std", "1e38", steps=20)]) == EXIT_DIVERGED
