@@ -21,11 +21,13 @@ next. Per corpus and target width, the arms, each trained at the final seeds:
 
 Every command resumes (``tune`` finishes a half-done study; ``transfer`` and ``sweep`` skip
 finished runs); a finished step leaves ``<runs>/.steps/<step>.done`` holding its command,
-so a rerun does not even start it. A failed step is reported and the next ones go on; the
-run exits 1 if any failed. Settings: a flag, else its environment variable, else the
-default (``--help``); the derived configs go to ``<runs>/configs/`` and a study refuses a
-rerun whose config changed, so a study keeps one horizon. A negative list takes ``=``:
-``--d_grid=-11,-4``.
+so a rerun does not even start it (``scripts/study_runner.py``). ``--jobs N`` runs up to N
+steps at once, each when the steps whose output it reads have finished, with the cores
+shared among them (``--workers auto``); a failed step is reported, the steps that need it
+are not started, and the rest go on; the run exits 1 if any failed. Settings: a flag, else
+its environment variable, else the default (``--help``); the derived configs go to
+``<runs>/configs/`` and a study refuses a rerun whose config changed, so a study keeps
+one horizon. A negative list takes ``=``: ``--d_grid=-11,-4``.
 
 ``summary`` writes ``<runs>/summary.md``, ``summary.json`` and ``arms.png``
 (``scripts/mutransfer_summary.py``: what it reads and reports).
@@ -38,8 +40,6 @@ import functools
 import math
 import os
 import shlex
-import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lstm_lightning import results  # noqa: E402
 from lstm_lightning.files import write_atomic  # noqa: E402
+from scripts import study_runner as runner  # noqa: E402
+from scripts.study_runner import StepFailed, Unchanged, say  # noqa: E402
 
 CORPORA = {  # name -> (base config, script that writes its data)
     "stdlib": ("configs/study/stdlib.yaml", "scripts/stdlib_corpus.py"),
@@ -89,7 +91,13 @@ SETTINGS = (
     ("corpora", "STUDY_CORPORA", "stdlib,prose", "corpora, in order (stdlib, prose)"),
     ("steps", "STUDY_STEPS", "1000", "training horizon of every run (even: val at half too)"),
     ("space", "STUDY_SPACE", "configs/study/space.yaml", "the search space of every study"),
-    ("workers", "STUDY_WORKERS", "auto", "--workers of every command (a number or auto)"),
+    (
+        "workers",
+        "STUDY_WORKERS",
+        "auto",
+        "--workers of every command (a number or auto: the cores, shared among the jobs)",
+    ),
+    ("jobs", "STUDY_JOBS", "1", "steps run at once, each when the steps it needs are done"),
     ("proxy_width", "STUDY_PROXY_WIDTH", "32", "the proxy's width = base_hidden_size"),
     ("proxy_trials", "STUDY_PROXY_TRIALS", "64", "trials of each proxy search (muP, SP)"),
     ("widths", "STUDY_WIDTHS", "256,512", "target widths, in order"),
@@ -123,11 +131,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.steps, args.proxy_width = int(args.steps), int(args.proxy_width)
         args.proxy_trials, args.c_trials = int(args.proxy_trials), int(args.c_trials)
         args.a2_trials = int(args.a2_trials)
-        args.d_extend = int(args.d_extend)
+        args.d_extend, args.jobs = int(args.d_extend), int(args.jobs)
         args.widths, args.c_widths = ints(args.widths), ints(args.c_widths)
         args.seeds, args.d_grid = ints(args.seeds), ints(args.d_grid)
     except ValueError as err:
         raise SystemExit(f"error: {err}; see --help") from None
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs {args.jobs}: give 1 or more steps at once")
+    if args.jobs > 1 and args.workers == "auto":  # each command takes its share of the cores
+        args.workers = str(max(1, cores() // args.jobs))
     args.hazards = [h for h in args.hazards.split(",") if h and h != "-"]
     unknown = [h for h in args.hazards if h not in HAZARDS]
     if unknown:
@@ -148,6 +160,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     runs = Path(args.runs).absolute()  # the commands run in the repository's root
     args.runs = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
     return args
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def ints(text: str) -> list[int]:
@@ -200,6 +216,7 @@ class Step:
     steps: int = 0
     action: Callable[[], str] | None = field(default=None, repr=False)
     done_if: Callable[[], bool] | None = field(default=None, repr=False)
+    needs: tuple[str, ...] = ()  # the steps whose output it reads (--jobs runs the rest beside)
 
     def cost(self) -> float:
         per_run = (self.steps + VAL_STEPS) * seconds_per_step(self.width) + RUN_OVERHEAD
@@ -256,7 +273,7 @@ def proxy_steps(args, corpus: str) -> list[Step]:
                    "--trials", str(trials), "--sampler", sampler, "--seed", "0",
                    "--runs_dir", where)  # fmt: skip
         out.append(Step(f"{corpus}.{study}", "proxies", argv, trials, args.proxy_width,
-                        args.steps))  # fmt: skip
+                        args.steps, needs=(f"{corpus}.data",)))  # fmt: skip
     return out
 
 
@@ -274,25 +291,39 @@ def arm_steps(args, corpus: str, width: int) -> list[Step]:
     low, high = args.d_grid
 
     def transfer(arm: str) -> Step:
-        return step(arm, cli(args, "transfer", "--study", ARM_PROXY[arm], *final), n)
+        argv = cli(args, "transfer", "--study", ARM_PROXY[arm], *final)
+        return step(arm, argv, n, needs=(f"{corpus}.{ARM_PROXY[arm]}",))
 
     out = [transfer("A"), transfer("B")]
     if args.a2_trials:  # A2, and B2: A2's recipe under SP (B's relation to A)
         b2 = str(args.runs / corpus / "arm_b2.yaml")
         out += [transfer("A2"),
                 step("B2", cli(args, "transfer", "--from_file", b2, "--config", sp, *final), n,
-                     action=lambda: write_b2(args, corpus))]  # fmt: skip
+                     action=lambda: write_b2(args, corpus),  # A2's transfer writes its recipe
+                     needs=(f"{corpus}.w{width}.A2",))]  # fmt: skip
     out += [
         d_grid_step(args, corpus, width, range(low, high + 1), f"{corpus}.w{width}.D_grid"),
-        step("D_choose", [], args.d_extend, action=lambda: choose_d(args, corpus, width)),
-        step("D", cli(args, "transfer", "--from_file", best, "--config", sp, *final), n),
+        step(
+            "D_choose",
+            [],
+            args.d_extend,
+            action=lambda: choose_d(args, corpus, width),
+            needs=(f"{corpus}.w{width}.D_grid",),
+        ),
+        step(
+            "D",
+            cli(args, "transfer", "--from_file", best, "--config", sp, *final),
+            n,
+            needs=(f"{corpus}.w{width}.D_choose",),
+        ),
     ]
     if width in args.c_widths:
         study = f"direct_sp_w{width}"
         tune = cli(args, "tune", "--config", sp, "--space", args.space, "--study", study, "--trials",
                    str(args.c_trials), "--sampler", "random", "--seed", "0", "--runs_dir", where)  # fmt: skip
-        out += [step("C_search", tune, args.c_trials),
-                step("C", cli(args, "transfer", "--study", study, *final), n)]  # fmt: skip
+        out += [step("C_search", tune, args.c_trials, needs=(f"{corpus}.data",)),
+                step("C", cli(args, "transfer", "--study", study, *final), n,
+                     needs=(f"{corpus}.w{width}.C_search",))]  # fmt: skip
     return out
 
 
@@ -301,7 +332,9 @@ def d_grid_step(args, corpus: str, width: int, log2_lrs, name: str) -> Step:
     labels = ",".join(f"w{width}_log2lr{k}" for k in log2_lrs)
     argv = cli(args, "sweep", "--definitions", ARM_D_DEFS, "--experiments", "ARM_D", "--labels",
                labels, "--config", sp, "--runs_dir", str(args.runs / corpus))  # fmt: skip
-    return Step(name, f"width {width}", argv, len(log2_lrs), width, args.steps)
+    return Step(
+        name, f"width {width}", argv, len(log2_lrs), width, args.steps, needs=(f"{corpus}.data",)
+    )
 
 
 def plan(args) -> list[Step]:
@@ -352,18 +385,15 @@ def write_hazard(args, corpus: str, hazard: str, width: int) -> str:
     return f"recipe {hazard_recipe(args, corpus, hazard)}"
 
 
-class Unchanged(Exception):
-    """A hazard's change that the recipe already has: nothing to run."""
-
-
 def hazard_step(args, corpus: str, width: int, hazard: str) -> Step:
     mup = str(derived_config(args, corpus, "mup", width))
     argv = cli(args, "transfer", "--from_file", str(hazard_recipe(args, corpus, hazard)),
                "--config", mup, "--widths", str(width), "--seeds",
                ",".join(map(str, args.seeds)), "--runs_dir", str(args.runs / corpus))  # fmt: skip
     name = f"{corpus}.w{width}.hazard_{args.hazard_arm}_{hazard}"  # the recipe's own name
-    return Step(name, f"hazards {width}", argv, len(args.seeds),
-                width, args.steps, action=lambda: write_hazard(args, corpus, hazard, width))  # fmt: skip
+    return Step(name, f"hazards {width}", argv, len(args.seeds), width, args.steps,
+                action=lambda: write_hazard(args, corpus, hazard, width),  # reads the arm's
+                needs=(f"{corpus}.w{width}.{args.hazard_arm}",))  # best.yaml  # fmt: skip
 
 
 def write_b2(args, corpus: str) -> str:
@@ -415,7 +445,7 @@ def choose_d(args, corpus: str, width: int) -> str:
             break
         name = f"{corpus}.w{width}.D_grid_{added}"
         say(f"[study] arm D's best at width {width} is at the grid's edge: adding log2 lr {added}")
-        if run_command(d_grid_step(args, corpus, width, [added], name).argv):
+        if runner.run_command(d_grid_step(args, corpus, width, [added], name).argv):
             raise StepFailed(f"the grid run at log2 lr {added} failed")
         low, high, budget = min(low, added), max(high, added), budget - 1
     loss = grid_losses(args, corpus, width)[best]
@@ -429,109 +459,32 @@ def choose_d(args, corpus: str, width: int) -> str:
 # --- running --------------------------------------------------------------------------------
 
 
-class StepFailed(Exception):
-    pass
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-def run_command(argv: list[str]) -> int:
-    """The command's exit status. Ctrl-C or SIGTERM (to this process or the command) stops
-    the study: the command is told (SIGTERM: its runs save last.ckpt) and waited for."""
-    proc = subprocess.Popen(argv, cwd=ROOT)
-    try:
-        status = proc.wait()
-    except (KeyboardInterrupt, Terminated):
-        proc.send_signal(signal.SIGTERM)
-        status = proc.wait()
-        status = 130 if status in (0, 1) else status
-    if status in (130, 143, -signal.SIGINT, -signal.SIGTERM):
-        say(f"[study] stopped (status {status}); run the same command again to resume")
-        raise SystemExit(130)
-    return status
-
-
-class Terminated(Exception):
-    """SIGTERM, raised in the main thread so a command in flight is stopped, not orphaned."""
-
-
-def on_sigterm(signum, frame):
-    raise Terminated
-
-
-def key(step: Step) -> str:
-    """What a finished step's marker holds: its command without the interpreter and the
-    workers (neither changes what it computes)."""
-    argv = list(step.argv[1:])
-    if "--workers" in argv:
-        i = argv.index("--workers")
-        del argv[i : i + 2]
-    return (shlex.join(argv) if argv else step.name) + "\n"
-
-
-def marker(args, step: Step) -> Path:
-    return args.runs / ".steps" / f"{step.name}.done"
-
-
-def is_done(args, step: Step) -> bool:
-    if step.done_if is not None:
-        return step.done_if()
-    path = marker(args, step)
-    return path.is_file() and path.read_text(encoding="utf-8").startswith(key(step))
-
-
 def run(args) -> int:
-    """Every step not done yet, in order; SIGTERM stops it (its handler is restored after)."""
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        return run_steps(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_steps(args) -> int:
-    failed = []
-    for step in plan(args):
-        if is_done(args, step):
-            say(f"[study] {step.name}: done")
-            continue
-        say(f"[study] {step.name}: {step.text()}")
-        try:
-            note = step.action() if step.action else ""
-            if step.argv and run_command(step.argv):
-                raise StepFailed("its command failed (see above); rerun to retry")
-        except Unchanged as why:
-            note = f"skipped: {why}"
-        except StepFailed as err:
-            say(f"[study] {step.name}: FAILED: {err}")
-            failed.append(step.name)
-            continue
-        if step.done_if is None:
-            write_atomic(marker(args, step), key(step) + (f"# {note}\n" if note else ""))
-        say(f"[study] {step.name}: finished{': ' + note if note else ''}")
-    say(f"[study] {'failed: ' + ', '.join(failed) if failed else 'every step is done'}; "
+    """Every step not done yet (``scripts/study_runner.py``), up to ``--jobs`` at once."""
+    failed, blocked = runner.run(plan(args), args.runs, args.jobs)
+    lines = [f"failed: {', '.join(failed)}"] if failed else []
+    lines += [f"not started (a step they need failed): {', '.join(blocked)}"] if blocked else []
+    say(f"[study] {'; '.join(lines) or 'every step is done'}; "
         f"summary: python scripts/mutransfer_study.py summary --runs {args.runs}")  # fmt: skip
-    return 1 if failed else 0
+    return 1 if failed or blocked else 0
 
 
 def plan_text(args) -> str:
     steps = plan(args)
     rows, phases, left = [], {}, 0.0
     for step in steps:
-        state = "done" if is_done(args, step) else "to do"
+        state = "done" if runner.is_done(args.runs, step) else "to do"
         phases[step.phase] = phases.get(step.phase, 0.0) + step.cost()
         left += step.cost() if state == "to do" else 0.0
         rows.append(f"{step.phase:10} {state:6} {step.runs:4d} {step.cost():9,.0f}  "
                     f"{step.name}\n    {step.text()}")  # fmt: skip
     total = sum(phases.values())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores_here = cores()
     lines = [f"{'phase':10} {'state':6} runs core-sec  step / command", *rows, ""]
     lines += [f"{phase:10} {cost:12,.0f} core-seconds" for phase, cost in phases.items()]
     lines.append(
         f"{'total':10} {total:12,.0f} core-seconds ({total / 3600:.1f} core-hours; "
-        f"about {total / 3600 / cores:.1f} h on this machine's {cores} cores; {args.steps} "
+        f"about {total / 3600 / cores_here:.1f} h on this machine's {cores_here} cores; {args.steps} "
         "steps a run; arm D's choice counts its possible edge runs)"
     )
     lines.append(f"{'to do':10} {left:12,.0f} core-seconds ({left / 3600:.1f} core-hours)")
@@ -550,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         return summary(args)
     try:
         return run(args)
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, runner.Terminated):
         say("[study] stopped; run the same command again to resume")
         return 130
 

@@ -36,9 +36,9 @@ from scripts.mutransfer_study import (
     RUN_OVERHEAD,
     VAL_STEPS,
     VERDICTS,
-    say,
     seconds_per_step,
 )
+from scripts.study_runner import say
 
 ARMS = ("A", "A2", "B", "B2", "C", "D")  # the table's order
 

@@ -14,6 +14,7 @@ from lstm_lightning.fit import build_cli
 from scripts import mutransfer_study as study
 from scripts import mutransfer_summary as summ
 from scripts import prose_corpus, stdlib_corpus
+from scripts import study_runner as runner
 
 TOY = ["--steps", "20", "--proxy_width", "8", "--widths", "16,24", "--c_widths", "16",
        "--proxy_trials", "4", "--c_trials", "2", "--seeds", "1,2", "--d_grid=-6,-4",
@@ -144,7 +145,8 @@ def test_every_derived_config_builds_the_model_it_names(toy, corpus, parametriza
 @pytest.mark.parametrize(
     "flags, message",
     [(["--steps", "21"], "--steps must be even"), (["--corpora", "perl"], "unknown ['perl']"),
-     (["--widths", "a"], "invalid literal"), (["--d_grid=-5"], "--d_grid LOW,HIGH")],
+     (["--widths", "a"], "invalid literal"), (["--d_grid=-5"], "--d_grid LOW,HIGH"),
+     (["--jobs", "0"], "--jobs 0: give 1 or more")],
 )  # fmt: skip
 def test_bad_settings_are_one_line(toy, flags, message):
     with pytest.raises(SystemExit) as err:
@@ -186,7 +188,7 @@ def recorded(monkeypatch):
             best.write_text("model:\n  learning_rate: 0.01\n  readout_zero_init: true\n")
         return 0
 
-    monkeypatch.setattr(study, "run_command", fake)
+    monkeypatch.setattr(runner, "run_command", fake)
     monkeypatch.setattr(study, "choose_d", lambda args, corpus, width: f"chose {corpus} {width}")
     return calls
 
@@ -205,19 +207,19 @@ def test_a_rerun_starts_nothing_that_finished(toy, recorded):
 
 def test_an_interrupted_study_resumes_at_the_step_in_flight(toy, recorded, monkeypatch):
     args = toy()
-    real = study.run_command
+    real = runner.run_command
 
     def stop_at_the_fourth(argv):
         if len(recorded) == 3:
             raise SystemExit(130)
         return real(argv)
 
-    monkeypatch.setattr(study, "run_command", stop_at_the_fourth)
+    monkeypatch.setattr(runner, "run_command", stop_at_the_fourth)
     with pytest.raises(SystemExit):
         study.run(args)
     done = sorted(p.name for p in (args.runs / ".steps").iterdir())
     assert done == ["stdlib.proxy_mup.done", "stdlib.proxy_mup_tpe.done", "stdlib.proxy_sp.done"]
-    monkeypatch.setattr(study, "run_command", real)
+    monkeypatch.setattr(runner, "run_command", real)
     assert study.run(args) == 0
     resumed = " ".join(recorded[3])  # prose's muP proxy, then the rest
     assert "--study proxy_mup --" in resumed and "prose" in resumed
@@ -233,10 +235,31 @@ def test_a_changed_command_reruns_but_other_workers_do_not(toy, recorded):
 
 
 def test_a_failed_step_is_reported_and_the_rest_goes_on(toy, recorded, monkeypatch, capsys):
-    monkeypatch.setattr(study, "run_command", lambda argv: 1 if "proxy_sp" in argv else 0)
+    real = runner.run_command
+    monkeypatch.setattr(runner, "run_command", lambda a: 1 if "proxy_sp" in a else real(a))
     assert study.run(toy()) == 1
     out = capsys.readouterr().out
-    assert "stdlib.proxy_sp: FAILED" in out and "failed: stdlib.proxy_sp, prose.proxy_sp" in out
+    assert "stdlib.proxy_sp: FAILED" in out and "failed: stdlib.proxy_sp, prose.proxy_sp;" in out
+    # arm B transfers the SP proxy's best trial: not started; every other arm ran
+    assert "not started (a step they need failed): stdlib.w16.B, prose.w16.B" in out
+    assert not any("--study proxy_sp" in " ".join(c) for c in recorded)
+    assert any("proxy_mup_tpe" in c and "transfer" in c for c in recorded)
+
+
+def test_jobs_share_the_cores_and_keep_what_each_step_needs(toy, recorded, monkeypatch):
+    monkeypatch.setattr(study, "cores", lambda: 8)
+    args = toy("run", "--jobs", "3", "--workers", "auto")
+    assert args.workers == "2" and study.plan(args)[2].argv[-2:] == ["--workers", "2"]
+    assert toy("run", "--jobs", "3", "--workers", "1").workers == "1"  # a number stays
+    steps = {s.name: s for s in study.plan(args)}
+    assert steps["stdlib.w16.B2"].needs == ("stdlib.w16.A2",)  # A2's transfer writes its recipe
+    assert steps["stdlib.w16.D"].needs == ("stdlib.w16.D_choose",)
+    hazards = [s for s in steps.values() if "hazard" in s.name]
+    assert hazards and all(s.needs == (s.name.split(".hazard")[0] + ".A2",) for s in hazards)
+    for name, step in steps.items():  # the plan's order keeps every need before its step
+        assert all(list(steps).index(n) < list(steps).index(name) for n in step.needs), name
+    assert study.run(args) == 0
+    assert len(recorded) == len([s for s in steps.values() if s.argv and s.done_if is None]) - 2
 
 
 # --- arm D's choice -------------------------------------------------------------------------
@@ -267,7 +290,7 @@ def test_arm_d_widens_its_grid_at_an_edge(toy, monkeypatch, losses, extend, adde
         ran.append(int(argv[argv.index("--labels") + 1].split("log2lr")[1]))
         return 0
 
-    monkeypatch.setattr(study, "run_command", fake)
+    monkeypatch.setattr(runner, "run_command", fake)
     note = study.choose_d(args, "stdlib", 16)
     assert ran == added
     best = yaml.safe_load((args.runs / "stdlib" / "arm_d_w16.yaml").read_text())
