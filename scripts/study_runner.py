@@ -50,13 +50,16 @@ def say(line: str) -> None:
 
 _live: set[subprocess.Popen] = set()  # the commands in flight, for stop_all
 _live_lock = threading.Lock()
+_stopping = False  # set by stop_all: a command about to start does not
 
 
 def run_command(argv: list[str]) -> int:
     """The command's exit status. Ctrl-C or SIGTERM (to this process, or to the command)
     stops the study: ``SystemExit(130)``, after the command is told and has ended."""
-    proc = subprocess.Popen(argv)
-    with _live_lock:
+    with _live_lock:  # started and registered at once, so stop_all cannot miss it
+        if _stopping:
+            raise SystemExit(130)
+        proc = subprocess.Popen(argv)
         _live.add(proc)
     try:
         status = proc.wait()
@@ -74,12 +77,14 @@ def run_command(argv: list[str]) -> int:
 
 
 def stop_all() -> None:
-    """SIGTERM to every command in flight (their threads then see them end)."""
+    """SIGTERM to every command in flight (their threads then see them end); no command
+    starts after it."""
+    global _stopping
     with _live_lock:
-        procs = list(_live)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        _stopping = True
+        for proc in _live:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
 
 def key(step) -> str:
@@ -107,6 +112,8 @@ def run(steps: list, runs: Path, jobs: int = 1) -> tuple[list[str], list[str]]:
     """Run every step not done yet (module doc); SIGTERM stops them all (the handler is
     restored after). Returns the names of the steps that failed, and of those not
     started because a step they need did not finish."""
+    global _stopping
+    _stopping = False
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return _Run(steps, Path(runs), jobs).all()
@@ -118,6 +125,9 @@ class _Run:
     def __init__(self, steps: list, runs: Path, jobs: int) -> None:
         self.runs, self.jobs = runs, max(1, jobs)
         self.names = {step.name for step in steps}
+        unknown = sorted({n for step in steps for n in step.needs} - self.names)
+        if unknown:  # a plan's bug: a misspelt need would let its step start early
+            raise ValueError(f"steps need steps the plan does not have: {', '.join(unknown)}")
         self.state: dict[str, str] = {}  # name -> done | failed | blocked
         self.waiting = []
         for step in steps:
@@ -135,9 +145,12 @@ class _Run:
                 while self.flight:
                     # a timeout, so that SIGTERM's handler runs while the commands do
                     done, _ = wait(self.flight, timeout=1.0, return_when=FIRST_COMPLETED)
-                    for future in done:
+                    stopped = [f for f in done if f.exception() is not None]
+                    for future in (f for f in done if f not in stopped):  # marked first
                         step, note = self.flight.pop(future)
-                        self.settle(step, note, future.result())  # SystemExit: stopped
+                        self.settle(step, note, future.result())
+                    for future in stopped:  # SystemExit: a command was stopped
+                        future.result()
                     self.start_ready(pool)
             except BaseException:  # Ctrl-C, SIGTERM, a command stopped: stop the others
                 stop_all()
@@ -149,7 +162,9 @@ class _Run:
 
     def start_ready(self, pool: ThreadPoolExecutor) -> None:
         """Start the earliest waiting steps whose needs are done, up to ``jobs`` in flight
-        (a step settled at once, e.g. a decision, lets the later ones in the same pass)."""
+        (a step settled at once, e.g. a decision, lets the later ones in the same pass).
+        A step's action runs here, in the main thread: while one runs commands of its own
+        (arm D's choice widening its grid), no other step starts."""
         for step in list(self.waiting):
             if len(self.flight) >= self.jobs:
                 break
@@ -159,7 +174,7 @@ class _Run:
                 self.state[step.name] = "blocked"
                 say(f"[study] {step.name}: not started: it needs {', '.join(lost)}, which did "
                     "not finish")  # fmt: skip
-            elif all(n not in self.names or self.state.get(n) == "done" for n in step.needs):
+            elif all(self.state.get(n) == "done" for n in step.needs):
                 self.waiting.remove(step)
                 self.start(step, pool)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -112,3 +114,35 @@ def test_a_stopped_command_stops_the_others_and_marks_nothing(tmp_path):
     assert time.monotonic() - start < 30
     assert not (tmp_path / ".steps").exists()
     assert not runner._live  # every command has ended
+
+
+def test_an_action_that_breaks_stops_the_command_already_started(tmp_path):
+    # Step a's command may be starting in its thread when b's action raises: it is
+    # stopped (or never started) either way, not waited for.
+    def broken():
+        raise ValueError("a malformed recipe")
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    for _ in range(3):
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="malformed"):
+            runner.run([S("a", sleeper), S("b", cmd("b"), action=broken)], tmp_path, jobs=2)
+        assert time.monotonic() - start < 30 and not runner._live
+
+
+def test_sigterm_to_the_study_stops_every_command(tmp_path):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(runner.Terminated):
+        runner.run([S("a", sleeper), S("b", sleeper)], tmp_path, jobs=2)
+    timer.join()
+    assert time.monotonic() - start < 30 and not runner._live
+    assert not (tmp_path / ".steps").exists()
+    assert signal.getsignal(signal.SIGTERM) is not runner.on_sigterm  # the handler restored
+
+
+def test_a_misspelt_need_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="the plan does not have: prxoy"):
+        runner.run([S("proxy", cmd("p")), S("arm", cmd("a"), needs=("prxoy",))], tmp_path)
