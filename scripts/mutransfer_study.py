@@ -52,6 +52,17 @@ sys.path.insert(0, str(ROOT))
 from lstm_lightning import results  # noqa: E402
 from lstm_lightning.files import write_atomic  # noqa: E402
 from scripts import study_runner as runner  # noqa: E402
+from scripts.mutransfer_summary import summary  # noqa: E402
+from scripts.study_design import (  # noqa: E402
+    ARM_PROXY,
+    HAZARDS,
+    MUP_ARMS,
+    PROXIES,
+    RUN_OVERHEAD,
+    VAL_STEPS,
+    WIDTH_SCALED,
+    seconds_per_step,
+)
 from scripts.study_runner import StepFailed, Unchanged, say  # noqa: E402
 
 CORPORA = {  # name -> (base config, script that writes its data)
@@ -60,31 +71,6 @@ CORPORA = {  # name -> (base config, script that writes its data)
 }
 ARM_D_DEFS = "configs/study/arm_d.py"
 D_RANGE = (-16, -1)  # the log2 lrs configs/study/arm_d.py defines (a test checks)
-# The controlled experiments of the protocol's "If A does not win": a muP arm's recipe
-# (``--hazard_arm``, A2 by default: the recipe that transfers; its proxy's best.yaml) at
-# the first target width and the final seeds, with one factor changed. A change that
-# leaves the recipe as it is (e.g. zero-init on when the best trial had it on) is
-# skipped. Most informative first, as the study may stop between them.
-# The first two put back SP's rule for one of the two classes where muP and SP differ
-# under Adam (the readout's forward multiplier, the hidden matrices' lr): a key of
-# WIDTH_SCALED is multiplied by m = width / proxy width, the recipe's value (default 1)
-# times m. The rest are the protocol's list and a one-seed screening's flags
-# (docs/mutransfer_protocol.md, "Changes after the first run").
-WIDTH_SCALED = "x m"
-HAZARDS = {  # name -> model keys set on the recipe (WIDTH_SCALED: the recipe's value x m)
-    "readout_sp": {"output_mult": WIDTH_SCALED},
-    "hidden_lr_sp": {"hidden_lr_mult": WIDTH_SCALED},
-    "init_std_1": {"init_std": 1.0},
-    "readout_zero_init_on": {"readout_zero_init": True},
-    "readout_zero_init_off": {"readout_zero_init": False},
-    "class_lr_mults_1": {"input_lr_mult": 1.0, "hidden_lr_mult": 1.0, "output_lr_mult": 1.0},
-    "eps_scaling": {"eps_scaling": True},
-    "eps_1e-12": {"eps": 1e-12},
-    "forget_bias_0": {"forget_bias": 0.0},
-    "forget_bias_2": {"forget_bias": 2.0},
-    "output_mult_1": {"output_mult": 1.0},
-    "warmup_20": {"warmup_steps": 20},
-}
 # name, environment variable, default, help
 SETTINGS = (
     ("runs", "STUDY_RUNS", "runs/study/mutransfer", "the study's runs folder (outside git)"),
@@ -110,14 +96,6 @@ SETTINGS = (
     ("hazards", "STUDY_HAZARDS", ",".join(HAZARDS), "hazard experiments, in order (none: -)"),
     ("hazard_arm", "STUDY_HAZARD_ARM", "A2", "the muP arm whose recipe each hazard changes"),
 )
-# CPU-seconds per training step, one thread, seq 64 x batch 32, one layer, Adam, stdlib
-# characters, measured with the code of the session start (d2415c0); see
-# docs/mutransfer_protocol.md. Other widths scale from the nearest by width^2.
-SECONDS_PER_STEP = {32: 0.0098, 256: 0.1255, 512: 0.52}  # medians of 3
-RUN_OVERHEAD = 4.0  # core-seconds per run: its start in a worker, checkpoints, events
-VAL_STEPS = 22  # two validations of 32 batches, forward only: about 22 training steps' work
-
-
 # --- settings and derived configs -----------------------------------------------------------
 
 
@@ -226,31 +204,8 @@ class Step:
         return shlex.join(self.argv) if self.argv else f"(driver) {self.name}"
 
 
-def seconds_per_step(width: int) -> float:
-    if not width:
-        return 0.0
-    near = min(SECONDS_PER_STEP, key=lambda w: abs(math.log(w / width)))
-    return SECONDS_PER_STEP[near] * (width / near) ** 2 if width != near else SECONDS_PER_STEP[near]
-
-
 def cli(args, *words: str) -> list[str]:
     return [sys.executable, "cli.py", *words, "--workers", str(args.workers)]
-
-
-# The proxy searches: study -> (parametrization, sampler, the setting with its trials).
-# proxy_mup_tpe is arm A2's (docs/mutransfer_protocol.md, "Changes after the first run").
-PROXIES = {
-    "proxy_mup": ("mup", "random", "proxy_trials"),
-    "proxy_sp": ("sp", "random", "proxy_trials"),
-    "proxy_mup_tpe": ("mup", "tpe", "a2_trials"),
-}
-
-
-# The arms whose recipe is a proxy search's best trial, and that search's study.
-ARM_PROXY = {"A": "proxy_mup", "B": "proxy_sp", "A2": "proxy_mup_tpe"}
-MUP_ARMS = [arm for arm, proxy in ARM_PROXY.items() if PROXIES[proxy][0] == "mup"]  # A, A2
-# The verdicts the summary draws: (arm, against).
-VERDICTS = (("A", "C"), ("A", "D"), ("A2", "C"), ("A2", "D"), ("A2", "B"), ("A2", "B2"))
 
 
 def proxy_recipe(args, corpus: str, arm: str) -> dict:
@@ -498,8 +453,6 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_text(args))
         return 0
     if args.command == "summary":
-        from scripts.mutransfer_summary import summary  # it imports this module's settings
-
         return summary(args)
     try:
         return run(args)

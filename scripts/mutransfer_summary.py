@@ -28,7 +28,7 @@ from torchmetrics.functional import spearman_corrcoef
 from lstm_lightning import results
 from lstm_lightning.files import write_atomic
 from lstm_lightning.plots import plot_arms
-from scripts.mutransfer_study import (
+from scripts.study_design import (
     ARM_PROXY,
     HAZARDS,
     MUP_ARMS,

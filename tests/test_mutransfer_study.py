@@ -14,6 +14,7 @@ from lstm_lightning.fit import build_cli
 from scripts import mutransfer_study as study
 from scripts import mutransfer_summary as summ
 from scripts import prose_corpus, stdlib_corpus
+from scripts import study_design as design
 from scripts import study_runner as runner
 
 TOY = ["--steps", "20", "--proxy_width", "8", "--widths", "16,24", "--c_widths", "16",
@@ -112,9 +113,9 @@ def test_the_plan_prints_every_command_and_its_core_seconds(toy, capsys):
 
 def test_costs_scale_with_runs_steps_and_width():
     step = study.Step("x", "p", ["python"], runs=2, width=512, steps=1000)
-    per_run = (1000 + study.VAL_STEPS) * study.SECONDS_PER_STEP[512] + study.RUN_OVERHEAD
+    per_run = (1000 + study.VAL_STEPS) * design.SECONDS_PER_STEP[512] + study.RUN_OVERHEAD
     assert step.cost() == pytest.approx(2 * per_run)
-    assert study.seconds_per_step(1024) == pytest.approx(4 * study.SECONDS_PER_STEP[512])
+    assert study.seconds_per_step(1024) == pytest.approx(4 * design.SECONDS_PER_STEP[512])
 
 
 def test_derived_configs_keep_one_horizon_validated_at_half(toy):
@@ -334,7 +335,7 @@ def test_arm_rows_and_a_against_c():
     assert a["loss_mean"] == pytest.approx(1.51) and a["loss_std"] == pytest.approx(0.01)
     assert (a["tuning_core_seconds"], a["training_core_seconds"]) == (20.0, 20.0)
     # planned: the plan's cost of 4 proxy runs, whatever the load made their wall time
-    quiet = 4 * ((1000 + study.VAL_STEPS) * study.SECONDS_PER_STEP[32] + study.RUN_OVERHEAD)
+    quiet = 4 * ((1000 + study.VAL_STEPS) * design.SECONDS_PER_STEP[32] + study.RUN_OVERHEAD)
     assert a["tuning_planned_core_seconds"] == pytest.approx(quiet)
     versus = summ.versus(a, c)
     assert versus["a_wins"] and versus["clear"] and versus["tuning_ratio"] == pytest.approx(0.1)
