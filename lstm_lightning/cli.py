@@ -23,15 +23,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lstm_lightning import carry, coord_check, report, slurm, sweep, tune
+from lstm_lightning.config_checks import check_config_files, one_line
 from lstm_lightning.errors import ConfigError, did_you_mean
-from lstm_lightning.fit import (
-    EXIT_CONFIG_ERROR,
-    EXIT_DIVERGED,
-    build_cli,
-    check_config_files,
-    one_line,
-    summary,
-)
+from lstm_lightning.fit import EXIT_CONFIG_ERROR, EXIT_DIVERGED, build_cli, summary
 from lstm_lightning.requeue import Requeued
 from lstm_lightning.resume import Interrupted
 

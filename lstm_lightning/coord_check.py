@@ -21,10 +21,11 @@ import torch
 from jsonargparse import ArgumentError
 
 from lstm_lightning import subnormal
+from lstm_lightning.config_checks import check_config_files, one_line
 from lstm_lightning.data import SequenceDataModule
 from lstm_lightning.errors import ConfigError, check
 from lstm_lightning.files import write_atomic
-from lstm_lightning.fit import check_config_files, one_line, parser_only
+from lstm_lightning.fit import parser_only
 from lstm_lightning.module import LanguageModel, make_optimizer
 
 PARAMETRIZATIONS = ("sp", "mup")

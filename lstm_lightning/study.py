@@ -21,10 +21,11 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from lstm_lightning import runs as folders
+from lstm_lightning.config_checks import one_line
 from lstm_lightning.config_hash import changes, config_hash
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.files import write_atomic
-from lstm_lightning.fit import one_line, parser_only
+from lstm_lightning.fit import parser_only
 from lstm_lightning.groups import SAFE_CHARS, SAFE_NAME
 from lstm_lightning.runs import Run
 from lstm_lightning.space import Choice, FloatRange, IntRange, Space

@@ -35,11 +35,12 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from lstm_lightning import runs as folders
 from lstm_lightning import workers as pool
+from lstm_lightning.config_checks import check_config_files, one_line
 from lstm_lightning.errors import ConfigError
 from lstm_lightning.execute import Outcome, parallel, quiet_lightning, say, sequential
 from lstm_lightning.experiments import load_definitions, select
 from lstm_lightning.files import write_atomic
-from lstm_lightning.fit import check_config_files, one_line, parser_only
+from lstm_lightning.fit import parser_only
 from lstm_lightning.runs import Run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sweep.yaml"
