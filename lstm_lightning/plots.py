@@ -1,6 +1,7 @@
 """The transfer plot (validation loss against log2 learning rate, a curve per width) and a
 study's slice plot (``plot_slices``: its objective against each hyperparameter), and the
-μTransfer study's loss against width per arm (``plot_arms``).
+μTransfer study's loss against width per arm (``plot_arms``) and its one-change
+experiments against the arm they change (``plot_hazards``).
 
 ``plot_transfer`` draws it (matplotlib's Agg canvas: no display needed) from the numbers
 of ``transfer``; nothing else in the project imports matplotlib.
@@ -300,5 +301,55 @@ def plot_arms(
                         bbox_to_anchor=(1.02, 1.0), fontsize=8)  # fmt: skip
     else:
         axes[0].text(0.5, 0.5, "no finished arm", transform=axes[0].transAxes, ha="center")
+    fig.savefig(out, format="png", dpi=DPI)
+    return meta
+
+
+def plot_hazards(
+    hazards: list[dict], bases: list[dict], out: str | os.PathLike | BinaryIO
+) -> list[dict]:
+    """One-change experiments against the arm they change, a panel per corpus, as a PNG
+    into ``out``. ``hazards`` are the study summary's hazard rows (corpus, width, base,
+    hazard, loss_mean, loss_min, loss_max, n_seeds, versus_base.clear); ``bases`` its arm
+    rows. A row per change, in the given order: the marker is its mean over seeds minus
+    the base arm's mean (right of 0: the change hurts), the bar spans its seeds, the grey
+    band the base arm's own seeds; red or green when the ranges do not overlap (hurts,
+    helps). Returns per panel: corpus, and the changes drawn with their gaps."""
+    base_of = {(r["corpus"], r["width"], r["arm"]): r for r in bases if r["n_seeds"]}
+    pairs = [(h, base_of[h["corpus"], h["width"], h["base"]]) for h in hazards
+             if h["n_seeds"] and (h["corpus"], h["width"], h["base"]) in base_of]  # fmt: skip
+    names = list(dict.fromkeys(h["hazard"] for h, _ in pairs))  # the rows, top down
+    corpora = list(dict.fromkeys(h["corpus"] for h, _ in pairs))  # the panels
+    fig = Figure(figsize=(4.2 * max(len(corpora), 1) + 2.2, 0.32 * len(names) + 1.4),
+                 dpi=DPI, layout="constrained")  # fmt: skip
+    FigureCanvasAgg(fig)
+    shape = (1, max(len(corpora), 1))
+    axes = fig.subplots(*shape, squeeze=False, sharex=True, sharey=True)[0]  # (corpora,)
+    meta = []
+    for ax, corpus in zip(axes, corpora):
+        drawn, arms = {}, set()
+        for h, base in (pair for pair in pairs if pair[0]["corpus"] == corpus):
+            y, mean = names.index(h["hazard"]), base["loss_mean"]
+            ax.fill_betweenx([y - 0.35, y + 0.35], base["loss_min"] - mean,
+                             base["loss_max"] - mean, color="0.85")  # fmt: skip
+            gap = h["loss_mean"] - mean
+            clear = h.get("versus_base", {}).get("clear")
+            color = ("tab:red" if gap > 0 else "tab:green") if clear else "0.35"
+            bar = [[h["loss_mean"] - h["loss_min"]], [h["loss_max"] - h["loss_mean"]]]
+            ax.errorbar([gap], [y], xerr=bar, color=color, marker="o", capsize=3)
+            drawn[h["hazard"]] = round(gap, 6)
+            arms.add(h["base"])
+        ax.axvline(0.0, color="0.5", linewidth=0.8)
+        ax.set_title(
+            f"{corpus}: {', '.join(sorted(arms))}'s recipe, one change" if arms else corpus
+        )
+        ax.set_xlabel("final val/loss − the arm's mean (nats); right: hurts")
+        ax.grid(axis="x", alpha=0.3)
+        meta.append({"corpus": corpus, "changes": drawn})
+    if names:
+        axes[0].set_yticks(range(len(names)), names)
+        axes[0].invert_yaxis()  # the first change on top
+    else:
+        axes[0].text(0.5, 0.5, "no finished experiment", transform=axes[0].transAxes, ha="center")
     fig.savefig(out, format="png", dpi=DPI)
     return meta

@@ -1,9 +1,9 @@
 """The μTransfer study's summary (``python scripts/mutransfer_study.py summary``).
 
 It reads every ``result.json`` under ``<runs>/<corpus>/`` and writes ``<runs>/summary.md``,
-``summary.json`` and ``arms.png``: per corpus, width and arm the final val/loss over the
-seeds (mean, population std, range), the tuning and training core-seconds
-(``result.json``'s ``core_seconds``: every attempt of each run; and "planned", the plan's
+``summary.json``, ``arms.png`` and (with hazard experiments) ``hazards.png``: per corpus,
+width and arm the final val/loss over the seeds (mean, population std, range), the
+tuning and training core-seconds (``result.json``'s ``core_seconds``: every attempt of each run; and "planned", the plan's
 quiet per-step costs), A and A2 against B, B2, C and D by the pre-registered rule, the
 hazard experiments against the arm they change, the proxies' Spearman correlation of
 val/loss at half and at full horizon (the half-horizon value read from the trials'
@@ -27,7 +27,7 @@ from torchmetrics.functional import spearman_corrcoef
 
 from lstm_lightning import results
 from lstm_lightning.files import write_atomic
-from lstm_lightning.plots import plot_arms
+from lstm_lightning.plots import plot_arms, plot_hazards
 from scripts.study_design import (
     ARM_PROXY,
     HAZARDS,
@@ -284,5 +284,11 @@ def summary(args) -> int:
         png = io.BytesIO()
         plot_arms(doc["arms"], png)
         write_atomic(args.runs / "arms.png", png.getvalue())
-        say(f"wrote {args.runs / 'summary.md'}, {args.runs / 'summary.json'}, arms.png")
+        wrote = "arms.png"
+        if doc["hazards"]:
+            png = io.BytesIO()
+            plot_hazards(doc["hazards"], doc["arms"], png)
+            write_atomic(args.runs / "hazards.png", png.getvalue())
+            wrote += ", hazards.png"
+        say(f"wrote {args.runs / 'summary.md'}, {args.runs / 'summary.json'}, {wrote}")
     return 0

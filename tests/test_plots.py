@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lstm_lightning import plots
-from lstm_lightning.plots import ARM_STYLE, plot_arms, y_limits
+from lstm_lightning.plots import ARM_STYLE, plot_arms, plot_hazards, y_limits
 from lstm_lightning.report import write_report
 
 
@@ -68,6 +68,38 @@ def arm(corpus, width, name, losses):
     return {"corpus": corpus, "width": width, "arm": name, "n_seeds": len(losses),
             "loss_mean": sum(losses) / len(losses) if losses else None,
             "loss_min": min(losses, default=None), "loss_max": max(losses, default=None)}  # fmt: skip
+
+
+def hazard(corpus, name, losses, clear, base="A2", width=256):
+    return {**arm(corpus, width, f"{base}, {name}", losses), "base": base, "hazard": name,
+            "versus_base": {"clear": clear}}  # fmt: skip
+
+
+def test_hazards_plot_draws_each_change_against_its_arm():
+    bases = [arm("stdlib", 256, "A2", [1.23, 1.24, 1.25]), arm("prose", 256, "A2", [1.34])]
+    rows = [hazard("stdlib", "eps", [1.24, 1.25], False), hazard("stdlib", "sp", [1.40], True),
+            hazard("prose", "sp", [1.30, 1.32], True), hazard("prose", "eps", [], False),
+            hazard("prose", "orphan", [1.5], True, base="A")]  # fmt: skip
+    colors = []
+    with mock.patch("matplotlib.axes.Axes.errorbar",
+                    lambda ax, x, y, color, **kw: colors.append(color)):  # fmt: skip
+        meta = plot_hazards(rows, bases, io.BytesIO())
+    # gaps are the change's mean minus its own arm's, at its width; a change with no
+    # finished seed, or whose arm has none, is not drawn
+    assert meta == [
+        {"corpus": "stdlib", "changes": {"eps": pytest.approx(0.005), "sp": pytest.approx(0.16)}},
+        {"corpus": "prose", "changes": {"sp": pytest.approx(-0.03)}},
+    ]
+    assert colors == ["0.35", "tab:red", "tab:green"]  # within the spread, hurts, helps
+    out = io.BytesIO()
+    plot_hazards(rows, bases, out)
+    assert out.getvalue().startswith(b"\x89PNG")
+    assert plot_hazards([], bases, io.BytesIO()) == []
+    # a row per change drawn somewhere, in the given order ("orphan": its arm A has no row)
+    ticks = []
+    with mock.patch("matplotlib.axes.Axes.set_yticks", lambda ax, t, labels: ticks.append(labels)):
+        plot_hazards(rows, bases, io.BytesIO())
+    assert ticks == [["eps", "sp"]]
 
 
 def test_arms_plot_draws_each_arm_at_its_finished_widths():
