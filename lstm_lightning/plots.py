@@ -314,11 +314,19 @@ def plot_hazards(
     rows. A row per change, in the given order: the marker is its mean over seeds minus
     the base arm's mean (right of 0: the change hurts), the bar spans its seeds, the grey
     band the base arm's own seeds; red or green when the ranges do not overlap (hurts,
-    helps). Returns per panel: corpus, and the changes drawn with their gaps."""
+    helps). A row is named by the change, and by its arm and width where the figure holds
+    several. Returns per panel: corpus, and the rows drawn with their gaps."""
     base_of = {(r["corpus"], r["width"], r["arm"]): r for r in bases if r["n_seeds"]}
     pairs = [(h, base_of[h["corpus"], h["width"], h["base"]]) for h in hazards
              if h["n_seeds"] and (h["corpus"], h["width"], h["base"]) in base_of]  # fmt: skip
-    names = list(dict.fromkeys(h["hazard"] for h, _ in pairs))  # the rows, top down
+    # A row per change; named by its arm and width too where the figure has several
+    recipes, widths = {h["base"] for h, _ in pairs}, {h["width"] for h, _ in pairs}
+
+    def row(h: dict) -> str:
+        name = f"{h['base']}: {h['hazard']}" if len(recipes) > 1 else h["hazard"]
+        return f"{name} @{h['width']}" if len(widths) > 1 else name
+
+    names = list(dict.fromkeys(row(h) for h, _ in pairs))  # the rows, top down
     corpora = list(dict.fromkeys(h["corpus"] for h, _ in pairs))  # the panels
     fig = Figure(figsize=(4.2 * max(len(corpora), 1) + 2.2, 0.32 * len(names) + 1.4),
                  dpi=DPI, layout="constrained")  # fmt: skip
@@ -329,15 +337,15 @@ def plot_hazards(
     for ax, corpus in zip(axes, corpora):
         drawn, arms = {}, set()
         for h, base in (pair for pair in pairs if pair[0]["corpus"] == corpus):
-            y, mean = names.index(h["hazard"]), base["loss_mean"]
+            y, mean = names.index(row(h)), base["loss_mean"]
             ax.fill_betweenx([y - 0.35, y + 0.35], base["loss_min"] - mean,
                              base["loss_max"] - mean, color="0.85")  # fmt: skip
             gap = h["loss_mean"] - mean
-            clear = h.get("versus_base", {}).get("clear")
+            clear = (h.get("versus_base") or {}).get("clear")
             color = ("tab:red" if gap > 0 else "tab:green") if clear else "0.35"
             bar = [[h["loss_mean"] - h["loss_min"]], [h["loss_max"] - h["loss_mean"]]]
             ax.errorbar([gap], [y], xerr=bar, color=color, marker="o", capsize=3)
-            drawn[h["hazard"]] = round(gap, 6)
+            drawn[row(h)] = round(gap, 6)
             arms.add(h["base"])
         ax.axvline(0.0, color="0.5", linewidth=0.8)
         ax.set_title(

@@ -29,8 +29,9 @@ its environment variable, else the default (``--help``); the derived configs go 
 ``<runs>/configs/`` and a study refuses a rerun whose config changed, so a study keeps
 one horizon. A negative list takes ``=``: ``--d_grid=-11,-4``.
 
-``summary`` writes ``<runs>/summary.md``, ``summary.json`` and ``arms.png``
-(``scripts/mutransfer_summary.py``: what it reads and reports).
+``summary`` writes ``<runs>/summary.md``, ``summary.json``, ``arms.png`` and, once a
+hazard experiment has a finished seed, ``hazards.png`` (``scripts/mutransfer_summary.py``:
+what it reads and reports).
 """
 
 from __future__ import annotations

@@ -418,6 +418,16 @@ def test_summary_of_an_empty_study_is_a_table_with_no_rows(toy, capsys):
     assert summ.summary(args) == 0
     assert "| corpus | width | arm |" in capsys.readouterr().out
     assert (args.runs / "arms.png").read_bytes().startswith(b"\x89PNG")  # the figure
+    assert not (args.runs / "hazards.png").exists()  # no hazard experiment yet
+
+
+def test_summary_draws_the_hazards_once_one_has_a_seed(toy):
+    args = toy("summary")
+    folder = args.runs / "stdlib"
+    for group, loss in (("proxy_mup_tpe.transfer", 1.2), ("hazard_A2_eps_scaling.transfer", 1.3)):
+        results.write(folder / group / "w16_seed1", result(group, 16, loss))
+    assert summ.summary(args) == 0
+    assert (args.runs / "hazards.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_horizon_stability_reads_the_half_horizon_from_tensorboard(tmp_path):

@@ -77,7 +77,7 @@ def hazard(corpus, name, losses, clear, base="A2", width=256):
 
 def test_hazards_plot_draws_each_change_against_its_arm():
     bases = [arm("stdlib", 256, "A2", [1.23, 1.24, 1.25]), arm("prose", 256, "A2", [1.34])]
-    rows = [hazard("stdlib", "eps", [1.24, 1.25], False), hazard("stdlib", "sp", [1.40], True),
+    rows = [hazard("stdlib", "sp", [1.40], True), hazard("stdlib", "eps", [1.24, 1.25], False),
             hazard("prose", "sp", [1.30, 1.32], True), hazard("prose", "eps", [], False),
             hazard("prose", "orphan", [1.5], True, base="A")]  # fmt: skip
     colors = []
@@ -87,10 +87,10 @@ def test_hazards_plot_draws_each_change_against_its_arm():
     # gaps are the change's mean minus its own arm's, at its width; a change with no
     # finished seed, or whose arm has none, is not drawn
     assert meta == [
-        {"corpus": "stdlib", "changes": {"eps": pytest.approx(0.005), "sp": pytest.approx(0.16)}},
+        {"corpus": "stdlib", "changes": {"sp": pytest.approx(0.16), "eps": pytest.approx(0.005)}},
         {"corpus": "prose", "changes": {"sp": pytest.approx(-0.03)}},
     ]
-    assert colors == ["0.35", "tab:red", "tab:green"]  # within the spread, hurts, helps
+    assert colors == ["tab:red", "0.35", "tab:green"]  # hurts, within the spread, helps
     out = io.BytesIO()
     plot_hazards(rows, bases, out)
     assert out.getvalue().startswith(b"\x89PNG")
@@ -99,7 +99,13 @@ def test_hazards_plot_draws_each_change_against_its_arm():
     ticks = []
     with mock.patch("matplotlib.axes.Axes.set_yticks", lambda ax, t, labels: ticks.append(labels)):
         plot_hazards(rows, bases, io.BytesIO())
-    assert ticks == [["eps", "sp"]]
+        # the same change on two arms: two rows, each against its own arm
+        bases.append(arm("stdlib", 256, "A", [1.50]))
+        two = plot_hazards([hazard("stdlib", "sp", [1.40], True, base="A"), *rows[:1]], bases,
+                           io.BytesIO())  # fmt: skip
+    assert ticks == [["sp", "eps"], ["A: sp", "A2: sp"]]
+    assert two == [{"corpus": "stdlib",
+                    "changes": {"A: sp": pytest.approx(-0.1), "A2: sp": pytest.approx(0.16)}}]  # fmt: skip
 
 
 def test_arms_plot_draws_each_arm_at_its_finished_widths():
