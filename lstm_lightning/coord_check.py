@@ -41,7 +41,7 @@ def main(
     *,
     config: str | None = None,
     widths: str = "32,64,128,256,512",
-    steps: int = 5,
+    steps: int = 10,
     seeds: int = 3,
     parametrization: str = "sp,mup",
     optimizer: str = "adam",
@@ -57,6 +57,9 @@ def main(
             SequenceDataModule defaults, on the synthetic source).
         widths: Comma-separated hidden sizes, at least two, e.g. ``32,64,128``.
         steps: Optimizer steps to take (activations are recorded after each, and at init).
+            10 by default: muP's logits start at width^-1/2 by design, and at the model's
+            lr and forget bias 0 five steps left that start visible at width 512 (muP
+            logits slope -0.15); at 10 the updates dominate (0.003) and SP's still grow.
         seeds: Seeds per width (0 .. seeds-1); the plot and slopes average over them.
         parametrization: Comma-separated parametrizations to check: sp, mup or both.
         optimizer: sgd, adam or adamw (overrides the config).

@@ -186,7 +186,7 @@ def test_out_naming_a_file_is_refused_by_the_cli(tmp_path, capsys):
 @pytest.mark.slow
 def test_check_passes_on_the_defaults(tmp_path):
     """The issue's bar, as a user's CI would run it: `cli.py coord-check --check` with
-    every default (widths 32..512, 5 steps, 3 seeds, Adam at the model's lr) exits 0."""
+    every default (widths 32..512, 10 steps, 3 seeds, Adam at the model's lr) exits 0."""
     out = tmp_path / "cc"
     assert run_command("coord-check", ["--out", str(out), "--check"]) == 0
     assert (out / "coord_check.csv").exists() and (out / "coord_check.png").exists()
