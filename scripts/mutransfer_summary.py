@@ -4,12 +4,12 @@ It reads every ``result.json`` under ``<runs>/<corpus>/`` and writes ``<runs>/su
 ``summary.json``, ``arms.png`` and (with hazard experiments) ``hazards.png``: per corpus,
 width and arm the final val/loss over the seeds (mean, population std, range), the
 tuning and training core-seconds (``result.json``'s ``core_seconds``: every attempt of
-each run; and "planned", the plan's quiet per-step costs), A and A2 against B, B2, C and D by the pre-registered rule, the
-hazard experiments against the arm they change, the proxies' Spearman correlation of
-val/loss at half and at full horizon (the half-horizon value read from the trials'
-TensorBoard events, since ``result.json`` keeps only the final one), whether the muP and
-SP proxies agree trial by trial, and the SP ranking of the same points at the proxy and
-at the target.
+each run; and "planned", the plan's quiet per-step costs), A and A2 against B, B2, C and
+D by the pre-registered rule, the hazard experiments against the arm they change, the
+proxies' Spearman correlation of val/loss at half and at full horizon (the half-horizon
+value read from the trials' TensorBoard events, since ``result.json`` keeps only the
+final one), whether the muP and SP proxies agree trial by trial, and the SP ranking of
+the same points at the proxy and at the target.
 """
 
 from __future__ import annotations
