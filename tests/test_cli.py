@@ -39,20 +39,25 @@ def test_every_config_parses_and_links_the_vocabulary(config, tmp_path, monkeypa
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
 
 
-@pytest.mark.parametrize("corpus", ["stdlib", "prose"])
-def test_the_study_recipes_train_wider_on_their_corpus_config(corpus, tmp_path, monkeypatch):
-    """configs/recipes/<corpus>_mup.yaml, as its header says to use it: on the study's
-    corpus config, at a width other than the proxy's, every key a model argument."""
+@pytest.mark.parametrize(
+    "corpus, name, base",
+    [("stdlib", "stdlib_mup", 32), ("prose", "prose_mup", 32), ("stdlib", "stdlib_mup_base64", 64)],
+)
+def test_the_study_recipes_train_wider_on_their_corpus_config(
+    corpus, name, base, tmp_path, monkeypatch
+):
+    """configs/recipes/<name>.yaml, as its header says to use it: on the study's corpus
+    config, at a width other than the proxy's, every key a model argument."""
     root = Path(__file__).parent.parent / "configs"
     monkeypatch.chdir(tmp_path)
     script = stdlib_corpus if corpus == "stdlib" else prose_corpus
     assert script.main(["--out", f"data/{corpus}.txt", "--bytes", "200000"]) == 0
-    recipe = root / "recipes" / f"{corpus}_mup.yaml"
+    recipe = root / "recipes" / f"{name}.yaml"
     argv = ["--config", str(root / "study" / f"{corpus}.yaml"), "--config", str(recipe)]
-    cli = build_cli([*argv, "--model.hidden_size", "64", "--trainer.logger", "false"], run=False)
+    cli = build_cli([*argv, "--model.hidden_size", "128", "--trainer.logger", "false"], run=False)
     hp, tuned = cli.model.hparams, yaml.safe_load(recipe.read_text())["model"]
-    assert {k: hp[k] for k in tuned} == tuned and hp.hidden_size == 64
-    assert hp.parametrization == "mup" and hp.base_hidden_size == 32
+    assert {k: hp[k] for k in tuned} == tuned and hp.hidden_size == 128
+    assert hp.parametrization == "mup" and hp.base_hidden_size == base
 
 
 def test_overrides_reach_the_model():
