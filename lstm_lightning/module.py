@@ -57,11 +57,9 @@ class LanguageModel(L.LightningModule):
             scales with width. A number fixes it across widths.
         num_layers: Stacked LSTM layers, one ``nn.LSTM`` each.
         dropout: Dropout on each LSTM layer's output (also before the readout).
-        forget_bias: Initial bias of the forget gate (the other biases start at 0). 0 by
-            default since the μTransfer study's hazard experiments (docs/results.md): with
-            its tuned recipes at width 256, 0 was 0.026 nats better than 1 on prose and no
-            worse on stdlib, and 2 was worse on prose; it was 1 before, as configs of
-            earlier results still pin.
+        forget_bias: Initial bias of the forget gate (the other biases start at 0); 0
+            since the μTransfer hazards found it better than 1 (docs/results.md; clear on
+            prose); earlier configs pin 1.
         parametrization: ``sp`` (standard) or ``mup`` (maximal update); see
             ``lstm_lightning.parametrization`` for the rules.
         base_hidden_size: The width at which muP coincides with SP (width multiplier 1).
