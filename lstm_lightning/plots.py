@@ -348,9 +348,7 @@ def plot_hazards(
             drawn[row(h)] = round(gap, 6)
             arms.add(h["base"])
         ax.axvline(0.0, color="0.5", linewidth=0.8)
-        ax.set_title(
-            f"{corpus}: {', '.join(sorted(arms))}'s recipe, one change" if arms else corpus
-        )
+        ax.set_title(f"{corpus}: {', '.join(sorted(arms))}'s recipe, one change")  # >= 1 pair
         ax.set_xlabel("final val/loss − the arm's mean (nats); right: hurts")
         ax.grid(axis="x", alpha=0.3)
         meta.append({"corpus": corpus, "changes": drawn})
